@@ -1,0 +1,66 @@
+"""Activation and loss functions of chapter 4 (numpy only, no I/O).
+
+Conventions: `x` is an input array, `y` a prediction (probabilities), `t` the labels,
+either one-hot (same shape as `y`) or integer class indices (one fewer dimension).
+"""
+
+import numpy as np
+
+
+def sigmoid(x):
+    """Logistic function, elementwise; any shape and float dtype.
+
+    Written as 0.5 * (1 + tanh(x / 2)), the same function as 1 / (1 + exp(-x)),
+    because exp(-x) overflows (and warns) for x below about -710 in float64
+    (-88 in float32) while tanh saturates quietly.
+    """
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)
+
+
+def sigmoid_grad(x):
+    """Derivative of the sigmoid at `x`: sigmoid(x) * (1 - sigmoid(x))."""
+    s = sigmoid(x)
+    return (1.0 - s) * s
+
+
+def softmax(x):
+    """Softmax over the last axis. x: (n_classes,) or (batch, n_classes).
+
+    The row maximum is subtracted first: softmax is unchanged by a constant shift,
+    and exp() of the shifted values is at most 1, so it cannot overflow.
+    """
+    x = x - np.max(x, axis=-1, keepdims=True)
+    e = np.exp(x)
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def to_indices(t, n_classes):
+    """Integer class indices from `t`, whether one-hot (n, n_classes) or already indices (n,)."""
+    t = np.asarray(t)
+    if t.ndim == 2 and t.shape[1] == n_classes:
+        return np.argmax(t, axis=1)
+    return t.astype(np.intp, copy=False)
+
+
+def cross_entropy_error(y, t):
+    """Mean cross-entropy over the batch (a sum over classes, a mean over samples).
+
+    y: (batch, n_classes) or (n_classes,) probabilities; t: one-hot of the same shape,
+    or integer labels (batch,) or a scalar.
+    The 1e-7 keeps log() finite where a probability underflowed to 0.
+    """
+    y, t = np.asarray(y), np.asarray(t)
+    if y.ndim == 1:  # one sample: give it a batch axis so the mean below is over one row
+        t = t.reshape(1, -1) if t.size == y.size else t.reshape(1)
+        y = y.reshape(1, -1)
+    batch_size = y.shape[0]
+    t = to_indices(t, y.shape[1])
+    return -np.sum(np.log(y[np.arange(batch_size), t] + 1e-7)) / batch_size
+
+
+def sum_squares_error(y, t):
+    """Half the sum of squared differences; y and t one-hot or probabilities of one shape.
+
+    A sum, not a mean, as in the book (it is shown there for one sample).
+    """
+    return 0.5 * np.sum((np.asarray(y) - np.asarray(t)) ** 2)
