@@ -1,0 +1,129 @@
+"""Mini-batch SGD core: checkpoint schedule, reproducibility, resume, divergence, validation."""
+
+import numpy as np
+import pytest
+
+from pipeline.errors import ParameterError, TrainingError
+from pipeline.evaluation import confusion_matrix, evaluate
+from pipeline.network import PARAM_NAMES, TwoLayerNet
+from pipeline.training import checkpoint_iterations, iterations_per_epoch, train, validate_hyperparameters
+
+
+def blobs(n, seed, dtype=np.float32):
+    """A learnable 10-class problem: noisy copies of ten fixed random 784-pixel prototypes."""
+    prototypes = np.random.default_rng(1234).random((10, 784))
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n)
+    x = np.clip(prototypes[labels] + 0.35 * rng.standard_normal((n, 784)), 0, 1).astype(dtype)
+    return x, np.eye(10, dtype=dtype)[labels], labels
+
+
+def fresh(seed=0, dtype=np.float32):
+    return TwoLayerNet(784, 20, 10, rng=np.random.default_rng(seed), dtype=dtype)
+
+
+SGD = dict(batch_size=50, learning_rate=0.1, iterations=70)
+
+
+def test_one_epoch_is_ceil_n_over_batch_and_checkpoints_fall_on_its_boundaries():
+    assert iterations_per_epoch(60000, 100) == 600
+    assert iterations_per_epoch(601, 100) == 7
+    assert checkpoint_iterations(60000, 100, 10000) == [0] + list(range(600, 10000, 600)) + [10000]
+    assert checkpoint_iterations(500, 50, 30) == [0, 10, 20, 30]
+
+
+@pytest.mark.parametrize("sampling", ["with-replacement", "shuffle"])
+def test_same_seed_gives_bit_identical_weights(sampling):
+    x, t, _ = blobs(500, 0)
+    nets = [fresh(), fresh()]
+    for net in nets:
+        train(net, x, t, sampling=sampling, rng=np.random.default_rng(5), **SGD)
+    for key in PARAM_NAMES:
+        assert nets[0].params[key].tobytes() == nets[1].params[key].tobytes()
+
+
+@pytest.mark.parametrize("sampling", ["with-replacement", "shuffle"])
+def test_resume_from_a_checkpoint_state_is_bit_identical(sampling):
+    x, t, _ = blobs(500, 0)
+    reference = fresh()
+    full_losses = train(reference, x, t, sampling=sampling, rng=np.random.default_rng(5), **SGD)
+
+    saved = {}
+
+    def keep(iteration, losses, net, rng):
+        saved[iteration] = ({k: v.copy() for k, v in net.params.items()}, rng.bit_generator.state, losses.copy())
+
+    first, rng = fresh(), np.random.default_rng(5)
+    train(first, x, t, sampling=sampling, rng=rng, on_checkpoint=lambda i, l: keep(i, l, first, rng), **SGD)
+    assert sorted(saved) == [0, 10, 20, 30, 40, 50, 60, 70]
+
+    params, state, losses = saved[30]
+    resumed = TwoLayerNet.from_params({k: v.copy() for k, v in params.items()})
+    resumed_rng = np.random.default_rng()
+    resumed_rng.bit_generator.state = state
+    resumed_losses = train(resumed, x, t, sampling=sampling, rng=resumed_rng, start_iteration=30, losses=losses, **SGD)
+    for key in PARAM_NAMES:
+        assert resumed.params[key].tobytes() == reference.params[key].tobytes()
+    assert resumed_losses.tobytes() == full_losses.tobytes()
+
+
+def test_training_on_learnable_data_beats_chance_by_far():
+    x, t, _ = blobs(2000, 0)
+    x_test, _, labels_test = blobs(500, 1)
+    net = fresh()
+    losses = train(net, x, t, batch_size=100, learning_rate=0.5, iterations=300, sampling="shuffle",
+                   rng=np.random.default_rng(0))
+    accuracy, loss, predictions = evaluate(net.params, x_test, labels_test, chunk_size=128)
+    assert accuracy >= 0.9
+    assert losses[-20:].mean() < losses[:20].mean() / 3
+    assert accuracy == pytest.approx(net.accuracy(x_test, labels_test))
+    assert loss == pytest.approx(net.loss(x_test, labels_test), rel=1e-5)
+    matrix = confusion_matrix(labels_test, predictions)
+    assert matrix.sum() == 500 and np.trace(matrix) == round(accuracy * 500)
+
+
+def poisoned(n, bad_row):
+    """The sigmoid and the 1e-7 keep the loss bounded for any finite weights, so a NaN pixel
+    is the dependable way to make the loss NaN at a known iteration (row 150 is in batch 4
+    of the first shuffled epoch below)."""
+    x, t, _ = blobs(n, 0)
+    x[bad_row, 3] = np.nan
+    return x, t
+
+
+def test_a_nan_loss_stops_training_naming_the_iteration_and_a_hint():
+    x, t = poisoned(200, 150)
+    rng = np.random.default_rng(0)
+    batch = int(np.nonzero(np.random.default_rng(0).permutation(200) == 150)[0][0]) // 50 + 1
+    with pytest.raises(TrainingError, match=rf"iteration {batch}:.*smaller learning_rate than 0.1"):
+        train(fresh(), x, t, batch_size=50, learning_rate=0.1, iterations=40, sampling="shuffle", rng=rng)
+
+
+def test_no_checkpoint_callback_sees_nan_weights():
+    x, t = poisoned(200, 150)
+    seen = []
+    net = fresh()
+    with pytest.raises(TrainingError):
+        train(net, x, t, batch_size=50, learning_rate=0.1, iterations=40, sampling="shuffle",
+              rng=np.random.default_rng(0),
+              on_checkpoint=lambda i, l: seen.append(all(np.isfinite(v).all() for v in net.params.values())))
+    assert seen and all(seen)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(hidden_size=0), "hidden_size=0"),
+    (dict(batch_size=-5), "batch_size=-5"),
+    (dict(learning_rate=0.0), "learning_rate=0.0"),
+    (dict(learning_rate=float("nan")), "learning_rate=nan"),
+    (dict(iterations=0), "iterations=0"),
+    (dict(dtype="float16"), "dtype='float16'"),
+    (dict(sampling="random"), "sampling='random'"),
+    (dict(batch_size=1000, train_size=500), "at most the 500 training images"),
+    (dict(iterations=5, train_size=1000), "at least one epoch"),
+])
+def test_invalid_hyperparameters_are_named(change, message):
+    args = dict(hidden_size=50, batch_size=100, learning_rate=0.1, iterations=10000, weight_init_std=0.01,
+                dtype="float32", sampling="shuffle")
+    args.update(change)
+    with pytest.raises(ParameterError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        validate_hyperparameters(**args)
