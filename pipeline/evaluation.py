@@ -36,3 +36,26 @@ def confusion_matrix(labels, predictions, n_classes=10):
     predictions = np.asarray(predictions, dtype=np.intp)
     counts = np.bincount(labels * n_classes + predictions, minlength=n_classes * n_classes)
     return counts.reshape(n_classes, n_classes)
+
+
+def evaluate_epochs(snapshots, x_train, t_train, x_test, t_test, chunk_size=10000):
+    """Per-epoch figures for a run: one row per snapshot, in the order given.
+
+    snapshots: iterable of (epoch, iteration, params), e.g. loaded checkpoints.
+    Returns (rows, confusion) where each row holds epoch, iteration and the accuracy and
+    mean loss over the whole training and test sets, and confusion is the test-set
+    confusion matrix of the last snapshot.
+    """
+    rows, predictions, n_classes = [], None, None
+    for epoch, iteration, params in snapshots:
+        train_accuracy, train_loss, _ = evaluate(params, x_train, t_train, chunk_size)
+        test_accuracy, test_loss, predictions = evaluate(params, x_test, t_test, chunk_size)
+        n_classes = params["b2"].size
+        rows.append({
+            "epoch": float(epoch), "iteration": int(iteration),
+            "train_accuracy": train_accuracy, "train_loss": train_loss,
+            "test_accuracy": test_accuracy, "test_loss": test_loss,
+        })
+    if not rows:
+        raise ValueError("no snapshots to evaluate")
+    return rows, confusion_matrix(to_indices(t_test, n_classes), predictions, n_classes)

@@ -7,7 +7,7 @@ subset per parameter finds a wrong backward pass just as surely and takes a seco
 import numpy as np
 
 from pipeline.gradient import H
-from pipeline.network import PARAM_NAMES
+from pipeline.network import PARAM_NAMES, TwoLayerNet
 
 
 def relative_error(a, b):
@@ -50,3 +50,31 @@ def check_gradient(network, x, t, entries_per_param, rng):
             "relative_error": relative_error(analytic, numerical),
         }
     return results
+
+
+def gradient_check_report(x_train, t_train, *, hidden_size, weight_init_std, seed, batch_size=10,
+                          entries_per_param=100, tolerance=1e-6):
+    """Check backprop for a run before it trains: its hidden size and its seed's initial
+    weights, in float64, on `batch_size` training images drawn with a generator derived
+    from the seed. Returns a JSON-ready dict; "passed" is whether every parameter's
+    relative error is at most `tolerance`.
+    """
+    network = TwoLayerNet(x_train.shape[1], hidden_size, t_train.shape[1] if t_train.ndim == 2 else 10,
+                          weight_init_std=weight_init_std, rng=np.random.default_rng(seed), dtype=np.float64)
+    rng = np.random.default_rng([seed, 1])  # its own stream: the check must not shift training's draws
+    rows = np.sort(rng.choice(x_train.shape[0], size=min(batch_size, x_train.shape[0]), replace=False))
+    x = np.asarray(x_train[rows], dtype=np.float64)
+    t = np.asarray(t_train[rows], dtype=np.float64)
+    results = check_gradient(network, x, t, entries_per_param, rng)
+    worst = max(r["relative_error"] for r in results.values())
+    return {
+        "passed": bool(worst <= tolerance),
+        "tolerance": tolerance,
+        "worst_relative_error": worst,
+        "method": "central difference, h = 1e-4, float64; relative error = |a - b| / (|a| + |b|) (L2 norms)",
+        "batch_size": int(x.shape[0]),
+        "batch_rows": rows.tolist(),
+        "hidden_size": hidden_size,
+        "seed": seed,
+        "parameters": results,
+    }

@@ -79,23 +79,39 @@ class TwoLayerNet:
         """Gradient of the loss by backpropagation, keyed like params."""
         return self.loss_and_gradient(x, t)[1]
 
-    def loss_and_gradient(self, x, t):
-        """(loss, grads) from one forward and one backward pass.
+    def loss_and_gradient(self, x, t, scale=1.0):
+        """(loss, grads) from one forward and one backward pass, grads multiplied by `scale`.
 
         The loss is the mean cross-entropy of this batch before any update: training
-        records it instead of running a second forward pass after the update.
+        records it instead of running a second forward pass after the update. Training
+        passes its learning rate as `scale`, so that the update is one subtraction.
+
+        This is training's hot path, so every intermediate lives in a buffer kept for
+        the batch size: allocating the 784 x hidden gradient afresh each step costs more
+        than computing it (large blocks come from mmap and fault in page by page). The
+        returned grads are those buffers: read them before the next call.
         """
         W1, W2 = self.params["W1"], self.params["W2"]
         b1, b2 = self.params["b1"], self.params["b2"]
         batch_num = x.shape[0]
+        buf = self._buffers(batch_num)
         labels = to_indices(t, b2.size)
-        rows = np.arange(batch_num)
+        rows = buf["rows"]
 
         # forward
-        a1 = np.dot(x, W1) + b1
-        z1 = sigmoid(a1)
-        a2 = np.dot(z1, W2) + b2
-        y = softmax(a2)
+        a1 = np.dot(x, W1, out=buf["a1"])
+        a1 += b1
+        z1 = buf["z1"]  # sigmoid(a1), computed in place as in functions.sigmoid
+        np.multiply(a1, 0.5, out=z1)
+        np.tanh(z1, out=z1)
+        z1 += 1.0
+        z1 *= 0.5
+        a2 = np.dot(z1, W2, out=buf["a2"])
+        a2 += b2
+        y = a2  # softmax(a2), in place: shift by the row maximum, exponentiate, normalise
+        y -= np.max(a2, axis=1, keepdims=True)
+        np.exp(y, out=y)
+        y /= np.sum(y, axis=1, keepdims=True)
         p = y[rows, labels]  # probability given to the true class (a copy)
         loss = -np.sum(np.log(p + 1e-7)) / batch_num
 
@@ -105,12 +121,31 @@ class TwoLayerNet:
         # by about 1e-6 relative, more than a gradient check should tolerate.
         dy = y  # y is not needed again: reuse its memory
         dy[rows, labels] -= 1
-        dy *= (p / (p + 1e-7) / batch_num)[:, np.newaxis]
-        grads = {}
-        grads["W2"] = np.dot(z1.T, dy)
-        grads["b2"] = np.sum(dy, axis=0)
-        dz1 = np.dot(dy, W2.T)
-        da1 = (1.0 - z1) * z1 * dz1  # sigmoid'(a1) = z1 (1 - z1)
-        grads["W1"] = np.dot(x.T, da1)
-        grads["b1"] = np.sum(da1, axis=0)
+        dy *= (p / (p + 1e-7) * (scale / batch_num)).astype(dy.dtype)[:, np.newaxis]
+        grads = buf["grads"]
+        np.dot(z1.T, dy, out=grads["W2"])
+        np.sum(dy, axis=0, out=grads["b2"])
+        dz1 = np.dot(dy, W2.T, out=buf["dz1"])
+        da1 = dz1  # sigmoid'(a1) * dz1 = z1 (1 - z1) dz1, in place; a1 is free to hold 1 - z1
+        np.subtract(1.0, z1, out=a1)
+        a1 *= z1
+        da1 *= a1
+        np.dot(x.T, da1, out=grads["W1"])
+        np.sum(da1, axis=0, out=grads["b1"])
         return float(loss), grads
+
+    def _buffers(self, batch_num):
+        """Work arrays for a batch size, made on its first use and kept."""
+        workspace = self.__dict__.setdefault("_workspace", {})
+        buffers = workspace.get(batch_num)
+        if buffers is None or buffers["a1"].dtype != self.dtype:
+            hidden, output = self.params["W2"].shape
+            empty = lambda *shape: np.empty(shape, dtype=self.dtype)  # noqa: E731
+            buffers = {
+                "rows": np.arange(batch_num),
+                "a1": empty(batch_num, hidden), "z1": empty(batch_num, hidden), "dz1": empty(batch_num, hidden),
+                "a2": empty(batch_num, output),
+                "grads": {key: np.empty_like(self.params[key]) for key in PARAM_NAMES},
+            }
+            workspace[batch_num] = buffers
+        return buffers

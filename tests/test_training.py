@@ -127,3 +127,30 @@ def test_invalid_hyperparameters_are_named(change, message):
     args.update(change)
     with pytest.raises(ParameterError, match=message.replace("(", r"\(").replace(".", r"\.")):
         validate_hyperparameters(**args)
+
+
+def test_shuffle_covers_every_image_once_per_epoch_even_with_a_short_last_batch():
+    x, t, labels = blobs(530, 0)  # batch 50: ten full batches and one of 30
+    seen = []
+
+    class Recorder(TwoLayerNet):
+        def loss_and_gradient(self, x_batch, t_batch, scale=1.0):
+            seen.append(x_batch.shape[0])
+            return super().loss_and_gradient(x_batch, t_batch, scale)
+
+    net = Recorder(784, 20, 10, rng=np.random.default_rng(0))
+    train(net, x, t, batch_size=50, learning_rate=0.1, iterations=22, sampling="shuffle", rng=np.random.default_rng(0))
+    assert seen == ([50] * 10 + [30]) * 2
+
+
+def test_uint8_pixels_train_bit_identically_to_normalized_floats():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(400, 784), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=400)
+    normalized = pixels.astype(np.float32) / np.float32(255)
+    for dtype in (np.float32, np.float64):
+        a, b = fresh(dtype=dtype), fresh(dtype=dtype)
+        train(a, normalized.astype(dtype), labels, sampling="shuffle", rng=np.random.default_rng(1), **SGD)
+        train(b, pixels, labels, sampling="shuffle", rng=np.random.default_rng(1), **SGD)
+        for key in PARAM_NAMES:
+            assert a.params[key].tobytes() == b.params[key].tobytes()
