@@ -7,14 +7,20 @@ either one-hot (same shape as `y`) or integer class indices (one fewer dimension
 import numpy as np
 
 
-def sigmoid(x):
-    """Logistic function, elementwise; any shape and float dtype.
+def sigmoid(x, out=None):
+    """Logistic function, elementwise; any shape and float dtype; `out` as in numpy ufuncs.
 
     Written as 0.5 * (1 + tanh(x / 2)), the same function as 1 / (1 + exp(-x)),
     because exp(-x) overflows (and warns) for x below about -710 in float64
-    (-88 in float32) while tanh saturates quietly.
+    (-88 in float32) while tanh saturates quietly; it is also several times faster.
     """
-    return 0.5 * (np.tanh(0.5 * x) + 1.0)
+    out = np.multiply(x, 0.5, out=out)
+    if np.ndim(out) == 0:
+        return 0.5 * (np.tanh(out) + 1.0)
+    np.tanh(out, out=out)
+    out += 1.0
+    out *= 0.5  # in place: large temporaries cost page faults, see network.loss_and_gradient
+    return out
 
 
 def sigmoid_grad(x):
@@ -23,15 +29,16 @@ def sigmoid_grad(x):
     return (1.0 - s) * s
 
 
-def softmax(x):
-    """Softmax over the last axis. x: (n_classes,) or (batch, n_classes).
+def softmax(x, out=None):
+    """Softmax over the last axis. x: (n_classes,) or (batch, n_classes); `out` may be x.
 
     The row maximum is subtracted first: softmax is unchanged by a constant shift,
     and exp() of the shifted values is at most 1, so it cannot overflow.
     """
-    x = x - np.max(x, axis=-1, keepdims=True)
-    e = np.exp(x)
-    return e / np.sum(e, axis=-1, keepdims=True)
+    out = np.subtract(x, np.max(x, axis=-1, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out /= np.sum(out, axis=-1, keepdims=True)
+    return out
 
 
 def to_indices(t, n_classes):

@@ -48,10 +48,12 @@ class TwoLayerNet:
         W1, W2 = self.params["W1"], self.params["W2"]
         b1, b2 = self.params["b1"], self.params["b2"]
 
-        a1 = np.dot(x, W1) + b1
-        z1 = sigmoid(a1)
-        a2 = np.dot(z1, W2) + b2
-        return softmax(a2)
+        a1 = np.dot(x, W1)
+        a1 += b1
+        z1 = sigmoid(a1, out=a1)  # in place: a1 is not needed again
+        a2 = np.dot(z1, W2)
+        a2 += b2
+        return softmax(a2, out=a2)
 
     def loss(self, x, t):
         """Mean cross-entropy over the batch."""
@@ -101,17 +103,10 @@ class TwoLayerNet:
         # forward
         a1 = np.dot(x, W1, out=buf["a1"])
         a1 += b1
-        z1 = buf["z1"]  # sigmoid(a1), computed in place as in functions.sigmoid
-        np.multiply(a1, 0.5, out=z1)
-        np.tanh(z1, out=z1)
-        z1 += 1.0
-        z1 *= 0.5
+        z1 = sigmoid(a1, out=buf["z1"])
         a2 = np.dot(z1, W2, out=buf["a2"])
         a2 += b2
-        y = a2  # softmax(a2), in place: shift by the row maximum, exponentiate, normalise
-        y -= np.max(a2, axis=1, keepdims=True)
-        np.exp(y, out=y)
-        y /= np.sum(y, axis=1, keepdims=True)
+        y = softmax(a2, out=a2)
         p = y[rows, labels]  # probability given to the true class (a copy)
         loss = -np.sum(np.log(p + 1e-7)) / batch_num
 
