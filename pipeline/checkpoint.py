@@ -1,0 +1,178 @@
+"""HDF5 checkpoints of a training run, readable with nothing but h5py (or `h5ls -r`).
+
+Layout of one file:
+    /params/W1, /params/b1, /params/W2, /params/b2   the weights, float32 or float64
+    /losses                                         float64 (iteration,): mini-batch loss of
+                                                    every iteration so far
+    attributes: iteration, epoch, loss, dataset, data_checksums (JSON), hyperparameters (JSON),
+                rng_state (JSON of numpy's bit_generator.state), run_id, format_version,
+                created_at (ISO 8601, UTC), package_version
+
+Every file appears complete or not at all: it is written under a temporary name in the
+same directory, flushed to disk, and renamed over the final name.
+"""
+
+import datetime
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pipeline import __version__
+from pipeline.atomic import atomic_path
+from pipeline.errors import CheckpointError
+from pipeline.network import PARAM_NAMES
+
+FORMAT_VERSION = 1
+NAME = re.compile(r"^iter-(\d{8})\.h5$")
+
+logger = logging.getLogger("pipeline")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    params: dict
+    iteration: int
+    epoch: float
+    loss: float
+    losses: np.ndarray
+    rng_state: dict
+    hyperparameters: dict
+    dataset: str
+    data_checksums: dict
+    run_id: str
+    created_at: str = ""
+    format_version: int = FORMAT_VERSION
+    package_version: str = __version__
+    attrs: dict = field(default_factory=dict, repr=False)
+
+
+def checkpoint_path(checkpoint_dir, iteration):
+    """checkpoints/iter-00000600.h5: names sort in iteration order."""
+    return Path(checkpoint_dir) / f"iter-{iteration:08d}.h5"
+
+
+def save_checkpoint(path, *, params, iteration, epoch, losses, rng_state, hyperparameters, dataset,
+                    data_checksums, run_id):
+    """Write one checkpoint atomically. Refuses (CheckpointError) weights holding NaN or inf."""
+    for key in PARAM_NAMES:
+        if not np.all(np.isfinite(params[key])):
+            raise CheckpointError(f"refusing to save {path}: {key} holds NaN or infinite values")
+    losses = np.asarray(losses, dtype=np.float64)
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as f:
+        group = f.create_group("params")
+        for key in PARAM_NAMES:
+            group.create_dataset(key, data=params[key])
+        f.create_dataset("losses", data=losses)
+        f.attrs.update({
+            "iteration": int(iteration),
+            "epoch": float(epoch),
+            "loss": float(losses[-1]) if iteration else float("nan"),
+            "dataset": dataset,
+            "data_checksums": json.dumps(data_checksums, sort_keys=True),
+            "hyperparameters": json.dumps(hyperparameters, sort_keys=True),
+            "rng_state": json.dumps(rng_state),
+            "run_id": run_id,
+            "format_version": FORMAT_VERSION,
+            "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "package_version": __version__,
+        })
+
+
+def load_checkpoint(path):
+    """The Checkpoint in `path`; CheckpointError naming the file and the fix when it is
+    missing, not HDF5, truncated, or lacks part of the layout."""
+    path = Path(path)
+    fix = "delete it and rerun the training command to recreate it"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with h5py.File(path, "r") as f:
+            version = int(f.attrs.get("format_version", -1))
+            if version > FORMAT_VERSION:
+                raise CheckpointError(f"{path} has format version {version}, newer than this package reads "
+                                      f"({FORMAT_VERSION}): upgrade mnist-pipeline")
+            missing = [name for name in [f"params/{k}" for k in PARAM_NAMES] + ["losses"] if name not in f]
+            missing += [name for name in ("iteration", "epoch", "rng_state", "hyperparameters", "run_id")
+                        if name not in f.attrs]
+            if missing:
+                raise CheckpointError(f"{path} is not a complete checkpoint (missing {', '.join(missing)}): {fix}")
+            attrs = {key: _plain(value) for key, value in f.attrs.items()}
+            params = {key: f["params"][key][()] for key in PARAM_NAMES}
+            losses = f["losses"][()]
+    except CheckpointError:
+        raise
+    except (OSError, KeyError, ValueError) as error:
+        raise CheckpointError(f"{path} is not a readable HDF5 checkpoint ({error}): {fix}") from None
+    return Checkpoint(
+        path=path, params=params, iteration=int(attrs["iteration"]), epoch=float(attrs["epoch"]),
+        loss=float(attrs.get("loss", float("nan"))), losses=losses,
+        rng_state=json.loads(attrs["rng_state"]), hyperparameters=json.loads(attrs["hyperparameters"]),
+        dataset=attrs.get("dataset", ""), data_checksums=json.loads(attrs.get("data_checksums", "{}")),
+        run_id=attrs["run_id"], created_at=attrs.get("created_at", ""),
+        format_version=int(attrs["format_version"]), package_version=attrs.get("package_version", ""),
+        attrs=attrs,
+    )
+
+
+def list_checkpoints(checkpoint_dir):
+    """Checkpoint files in iteration order (temporary files and other names are ignored)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted(p for p in checkpoint_dir.iterdir() if NAME.match(p.name))
+
+
+def latest_checkpoint(checkpoint_dir):
+    """The newest checkpoint that loads, or None. Each damaged newer one is skipped with a
+    warning naming it; nothing is deleted."""
+    for path in reversed(list_checkpoints(checkpoint_dir)):
+        try:
+            return load_checkpoint(path)
+        except CheckpointError as error:
+            logger.warning("skipping damaged checkpoint %s: %s", path, error)
+    return None
+
+
+def describe_h5(path):
+    """A readable listing of any HDF5 file: groups, datasets (shape, dtype) and attributes."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    lines = []
+
+    def attributes(obj, indent):
+        for key, value in obj.attrs.items():
+            text = str(_plain(value))
+            lines.append(f"{indent}@{key} = {text if len(text) <= 100 else text[:97] + '...'}")
+
+    def visit(name, obj):
+        depth = "  " * name.count("/")
+        if isinstance(obj, h5py.Dataset):
+            lines.append(f"{depth}{name.split('/')[-1]}  dataset {obj.shape} {obj.dtype}")
+        else:
+            lines.append(f"{depth}{name.split('/')[-1]}/")
+        attributes(obj, depth + "  ")
+
+    try:
+        with h5py.File(path, "r") as f:
+            lines.append(f"{path}")
+            attributes(f, "  ")
+            f.visititems(visit)
+    except OSError as error:
+        raise CheckpointError(f"{path} is not an HDF5 file ({error})") from None
+    return "\n".join(lines)
+
+
+def _plain(value):
+    """h5py attribute values as plain Python: bytes to str, numpy scalars to numbers."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

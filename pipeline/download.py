@@ -1,0 +1,276 @@
+"""Getting a dataset's four IDX files: from local directories, then mirrors, all verified.
+
+Sources are tried in order for each file: `source_dir`, the configured local directories,
+then each mirror. A file passes when any accepted hash matches: for the known datasets
+the md5 or sha256 of the .gz as published, or the sha256 of the decompressed content
+(so a recompressed copy, like Debian's, passes too). A custom dataset (any other name)
+comes only from local directories; it has no known hashes, so its IDX structure is
+validated and its hashes recorded, with a warning.
+
+Everything is staged in a temporary directory beside the destination and moved into
+place only when all four files have passed; MANIFEST.json is written last. A failure
+leaves the destination as it was.
+"""
+
+import datetime
+import hashlib
+import http.client
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import DataError, DownloadError, ParameterError
+from pipeline.idx import GZIP_MAGIC, parse_idx, read_bytes
+
+logger = logging.getLogger("pipeline")
+
+FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+@dataclass(frozen=True)
+class KnownDataset:
+    mirrors: tuple
+    hashes: dict  # file name -> accepted hex digests (md5 / sha256 of the .gz, sha256 of the content)
+
+
+# Facts from DESIGN.md: sizes and hashes of the published files.
+KNOWN_DATASETS = {
+    "mnist": KnownDataset(
+        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
+                 "https://storage.googleapis.com/cvdf-datasets/mnist/",
+                 "http://yann.lecun.com/exdb/mnist/"),
+        hashes={
+            "train-images-idx3-ubyte.gz": ("f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                                           "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+            "train-labels-idx1-ubyte.gz": ("d53e105ee54ea40749a09fcbcd1e9432",
+                                           "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+                                           "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+            "t10k-images-idx3-ubyte.gz": ("9fb629c4189551a2d022fa330f9573f3",
+                                          "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+                                          "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+            "t10k-labels-idx1-ubyte.gz": ("ec29112dd5afa0611ce80d1b7f02629c",
+                                          "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+                                          "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+        },
+    ),
+    "fashion-mnist": KnownDataset(
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                 "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"),
+        hashes={
+            "train-images-idx3-ubyte.gz": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                                           "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+                                           "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+            "train-labels-idx1-ubyte.gz": ("25c81989df183df01b3e8a0aad5dffbe",
+                                           "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+                                           "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+            "t10k-images-idx3-ubyte.gz": ("bef4ecab320f06d8554ea6380940ec79",
+                                          "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+                                          "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+            "t10k-labels-idx1-ubyte.gz": ("bb300cfdad3c16e7a12a480ee83cd310",
+                                          "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+                                          "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+        },
+    ),
+}
+
+DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+CHUNK = 1 << 16
+
+
+def validate_dataset_name(name):
+    """Dataset names become directory names under data/ and artifacts/: allow nothing that
+    could climb out of them (no '/', no '..')."""
+    if not isinstance(name, str) or not DATASET_NAME.match(name) or ".." in name:
+        raise ParameterError(
+            f"invalid dataset={name!r}: use mnist, fashion-mnist, or a custom name of lowercase letters, "
+            f"digits, '.', '_' and '-' (no '/' or '..')")
+
+
+def is_known(dataset):
+    return dataset in KNOWN_DATASETS
+
+
+def default_mirrors(dataset):
+    return list(KNOWN_DATASETS[dataset].mirrors) if is_known(dataset) else []
+
+
+def fetch_dataset(dataset, dest_dir, *, source_dir=None, local_dirs=(), mirrors=(), checksums=None,
+                  timeout=30.0, retries=3, backoff=1.0, progress=None):
+    """Put the dataset's four files, verified, and MANIFEST.json into dest_dir; return the manifest.
+
+    checksums: {file name: [hex digests]} replacing the known hashes (private mirrors, tests).
+    progress(fraction, message): called as bytes arrive, for a person watching.
+    Raises DownloadError naming every source tried for a file and why each failed.
+    """
+    validate_dataset_name(dataset)
+    dest_dir = Path(dest_dir)
+    accepted = _accepted_hashes(dataset, checksums)
+    if accepted is None:
+        logger.warning("%s is a custom dataset: no known checksums, so its files are only checked as IDX "
+                       "and their hashes recorded in MANIFEST.json", dataset)
+    sources = _sources(dataset, source_dir, local_dirs, mirrors)
+    if not sources:
+        raise DownloadError(f"no source for dataset {dataset!r}: a custom dataset needs source_dir or local_dirs "
+                            f"holding its four IDX files ({', '.join(FILES)})")
+
+    dest_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".partial", dir=dest_dir.parent))
+    try:
+        entries = {}
+        for number, name in enumerate(FILES):
+            def file_progress(fraction, message, number=number):
+                if progress is not None:
+                    progress((number + fraction) / len(FILES), message)
+
+            entries[name] = _fetch_file(name, sources, accepted, staging, timeout, retries, backoff, file_progress)
+        manifest = {
+            "dataset": dataset,
+            "created_at": _now(),
+            "verified_with": "known checksums" if accepted is not None else "IDX structure only (custom dataset)",
+            "files": entries,
+        }
+        _install(staging, dest_dir, manifest)
+        return manifest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _accepted_hashes(dataset, checksums):
+    if checksums:
+        return {name: {str(h).lower() for h in (hashes if not isinstance(hashes, str) else [hashes])}
+                for name, hashes in checksums.items()}
+    if is_known(dataset):
+        return {name: set(hashes) for name, hashes in KNOWN_DATASETS[dataset].hashes.items()}
+    return None
+
+
+def _sources(dataset, source_dir, local_dirs, mirrors):
+    """[(kind, location)] in the order they are tried; custom datasets get no mirrors."""
+    sources = [("dir", Path(source_dir))] if source_dir else []
+    sources += [("dir", Path(str(d).format(dataset=dataset))) for d in local_dirs]
+    if is_known(dataset) or mirrors:
+        sources += [("url", str(m).rstrip("/") + "/") for m in mirrors]
+    return sources
+
+
+def _fetch_file(name, sources, accepted, staging, timeout, retries, backoff, progress):
+    failures = []
+    for kind, location in sources:
+        try:
+            if kind == "dir":
+                path, origin = _find_local(location, name)
+            else:
+                path, origin = staging / (name + ".download"), location + name
+                _download(origin, path, timeout, retries, backoff, progress)
+            entry = _verify(path, name, accepted)
+        except (DataError, DownloadError, OSError) as error:
+            failures.append(f"{location if kind == 'dir' else location + name}: {error}")
+            logger.info("%s: %s", name, failures[-1])
+            continue
+        stored_as = name if path.read_bytes()[:2] == GZIP_MAGIC else name[:-len(".gz")]
+        shutil.copyfile(path, staging / stored_as) if kind == "dir" else os.replace(path, staging / stored_as)
+        logger.info("%s: verified (%s) from %s", name, entry["verified_by"], origin)
+        return {**entry, "stored_as": stored_as, "source": str(origin), "fetched_at": _now()}
+    raise DownloadError(f"could not get a verified {name} from any source:\n  " + "\n  ".join(failures))
+
+
+def _find_local(directory, name):
+    for candidate in (directory / name, directory / name[:-len(".gz")]):
+        if candidate.is_file():
+            return candidate, candidate
+    raise DownloadError("not found (neither .gz nor plain IDX)")
+
+
+def _download(url, path, timeout, retries, backoff, progress):
+    """GET url into path, retrying transient failures (timeouts, resets, 5xx, short bodies)."""
+    if not url.startswith(("http://", "https://")):
+        raise DownloadError(f"unsupported URL scheme (http and https only): {url}")
+    for attempt in range(1, retries + 1):
+        try:
+            return _get(url, path, timeout, progress)
+        except urllib.error.HTTPError as error:
+            if error.code < 500:
+                raise DownloadError(f"HTTP {error.code} {error.reason}") from None
+            reason = f"HTTP {error.code} {error.reason}"
+        except (urllib.error.URLError, socket.gaierror, ConnectionRefusedError) as error:
+            reason = getattr(error, "reason", error)
+            if not isinstance(reason, (TimeoutError, socket.timeout, ConnectionResetError)):
+                raise DownloadError(f"cannot connect ({reason})") from None
+        except (TimeoutError, socket.timeout):
+            reason = f"timed out after {timeout:g} s"
+        except (ConnectionResetError, http.client.IncompleteRead, http.client.RemoteDisconnected) as error:
+            reason = f"connection broken ({type(error).__name__})"
+        if attempt < retries:
+            delay = backoff * 2 ** (attempt - 1)
+            logger.info("%s: %s; retry %d of %d in %.1f s", url, reason, attempt, retries - 1, delay)
+            time.sleep(delay)
+    raise DownloadError(f"{reason} ({retries} tries)")
+
+
+def _get(url, path, timeout, progress):
+    request = urllib.request.Request(url, headers={"User-Agent": "mnist-pipeline"})
+    with urllib.request.urlopen(request, timeout=timeout) as response, open(path, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0)
+        received, reported = 0, -1
+        while True:
+            chunk = response.read(CHUNK)
+            if not chunk:
+                break
+            if received == 0 and not chunk.startswith(GZIP_MAGIC):
+                start = chunk[:40].decode("latin-1").strip().splitlines()[0] if chunk.strip() else ""
+                raise DownloadError(f"not a gzip file (the body starts {start!r}); the mirror may serve an error page")
+            out.write(chunk)
+            received += len(chunk)
+            if total:
+                percent = 100 * received // total
+                if percent // 10 != reported // 10:
+                    reported = percent
+                    progress(received / total, f"{url}: {received:,} of {total:,} bytes ({percent}%)")
+        if total and received != total:
+            raise http.client.IncompleteRead(b"", total - received)
+
+
+def _verify(path, name, accepted):
+    """Hashes of the file and of its content; DataError when the IDX is damaged or no
+    accepted hash matches."""
+    raw = path.read_bytes()
+    content = read_bytes(path)
+    parse_idx(content, str(path))
+    entry = {
+        "size": len(raw),
+        "md5": hashlib.md5(raw).hexdigest(),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "content_sha256": hashlib.sha256(content).hexdigest(),
+    }
+    if accepted is None:
+        return {**entry, "verified_by": "none: custom dataset"}
+    wanted = accepted.get(name, set())
+    for key, label in (("md5", "md5 of the file"), ("sha256", "sha256 of the file"),
+                       ("content_sha256", "sha256 of the decompressed content")):
+        if entry[key] in wanted:
+            return {**entry, "verified_by": label}
+    raise DataError(f"checksum mismatch (md5 {entry['md5']}, content sha256 {entry['content_sha256']} "
+                    f"match none of the {len(wanted)} known hashes)")
+
+
+def _install(staging, dest_dir, manifest):
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    for entry in manifest["files"].values():
+        os.replace(staging / entry["stored_as"], dest_dir / entry["stored_as"])
+    temporary = staging / "MANIFEST.json"
+    temporary.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(temporary, dest_dir / "MANIFEST.json")  # last: its presence means complete
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

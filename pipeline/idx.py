@@ -1,0 +1,91 @@
+"""The IDX format of MNIST: read with every check, write for test fixtures.
+
+An IDX file is a big-endian header, then the data: two zero bytes, a type code (0x08 for
+unsigned bytes, the only one MNIST uses), the number of dimensions, one 4-byte size per
+dimension, then prod(sizes) bytes. Magic numbers: 0x00000801 for labels (n,),
+0x00000803 for images (n, rows, cols). Files may be gzip-compressed (they start 1f 8b).
+"""
+
+import gzip
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import DataError
+
+GZIP_MAGIC = b"\x1f\x8b"
+LABELS_MAGIC = 0x00000801
+IMAGES_MAGIC = 0x00000803
+
+
+def read_bytes(path):
+    """The file's content, decompressed when it is gzip; DataError for a damaged gzip."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    if not raw.startswith(GZIP_MAGIC):
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as error:
+        raise DataError(f"{path}: corrupt or truncated gzip data ({error}); delete it and download it again") from None
+
+
+def parse_idx(content, name="IDX data"):
+    """Array of the IDX bytes `content` (uint8, shape from the header); DataError naming
+    `name` when the magic number or the byte count is wrong."""
+    if len(content) < 4:
+        raise DataError(f"{name}: too short for an IDX header ({len(content)} bytes)")
+    zero, type_code, ndim = struct.unpack(">HBB", content[:4])
+    magic = struct.unpack(">I", content[:4])[0]
+    if zero != 0 or type_code != 0x08 or ndim not in (1, 3):
+        raise DataError(f"{name}: wrong magic number 0x{magic:08x}; expected 0x{LABELS_MAGIC:08x} (labels) "
+                        f"or 0x{IMAGES_MAGIC:08x} (images): not an MNIST-style IDX file")
+    header = 4 + 4 * ndim
+    if len(content) < header:
+        raise DataError(f"{name}: header cut short ({len(content)} bytes, {header} needed)")
+    shape = struct.unpack(f">{ndim}I", content[4:header])
+    expected = header + int(np.prod(shape, dtype=np.int64))
+    if len(content) != expected:
+        problem = "short" if len(content) < expected else "longer than its header says"
+        raise DataError(f"{name}: file is {problem}: {len(content)} bytes, the header {shape} needs {expected}")
+    return np.frombuffer(content, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_idx(path):
+    """The array stored in an IDX file (gzipped or not): labels (n,) or images (n, rows, cols), uint8."""
+    return parse_idx(read_bytes(path), str(path))
+
+
+def read_images_and_labels(images_path, labels_path, n_classes=10):
+    """(images (n, rows, cols), labels (n,)) after checking kinds, label range and counts."""
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3:
+        raise DataError(f"{images_path}: holds labels (magic 0x{LABELS_MAGIC:08x}), not images")
+    if labels.ndim != 1:
+        raise DataError(f"{labels_path}: holds images (magic 0x{IMAGES_MAGIC:08x}), not labels")
+    if labels.size and labels.max() >= n_classes:
+        raise DataError(f"{labels_path}: label {int(labels.max())} is out of range 0-{n_classes - 1}")
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(f"{images_path} has {images.shape[0]} images but {labels_path} has "
+                        f"{labels.shape[0]} labels: the files do not belong together")
+    return images, labels
+
+
+def encode_idx(array):
+    """IDX bytes of a uint8 array of 1 (labels) or 3 (images) dimensions."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    if array.ndim not in (1, 3):
+        raise ValueError("IDX arrays here are labels (n,) or images (n, rows, cols)")
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def write_idx(path, array, compress=True):
+    """Write `array` as an IDX file, gzip-compressed when compress (for fixtures and tests)."""
+    data = encode_idx(array)
+    Path(path).write_bytes(gzip.compress(data, mtime=0) if compress else data)

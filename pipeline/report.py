@@ -1,0 +1,183 @@
+"""A run's evaluation report, and artifacts/runs.csv, the table of all runs.
+
+report/ holds metrics.json (final figures, per-epoch list, parameters, checksums, per-class
+accuracy, confusion matrix), accuracy.csv, report.md, accuracy.png and loss.png. Each file
+is written atomically; metrics.json comes last because its presence marks the report
+complete. JSON and CSV are shaped for `dvc metrics show` and `dvc plots show`.
+"""
+
+import csv
+import datetime
+import fcntl
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import __version__
+from pipeline.atomic import write_atomically
+
+EPOCH_COLUMNS = ("epoch", "iteration", "train_accuracy", "test_accuracy", "train_loss", "test_loss")
+RUN_COLUMNS = ("run_id", "dataset", "hidden_size", "batch_size", "learning_rate", "iterations", "weight_init_std",
+               "seed", "dtype", "sampling", "date", "train_accuracy", "test_accuracy", "finished_at")
+
+
+def per_class_accuracy(confusion):
+    """Recall of each class: diagonal over row sums; None for a class with no samples."""
+    confusion = np.asarray(confusion)
+    totals = confusion.sum(axis=1)
+    return [float(confusion[k, k] / totals[k]) if totals[k] else None for k in range(confusion.shape[0])]
+
+
+def build_metrics(*, run_id, dataset, hyperparameters, data_checksums, epochs, confusion, class_names=None):
+    """The content of metrics.json, all figures taken from the arguments."""
+    confusion = np.asarray(confusion)
+    names = list(class_names) if class_names else [str(k) for k in range(confusion.shape[0])]
+    final = epochs[-1]
+    return {
+        "run_id": run_id,
+        "dataset": dataset,
+        "final": {key: final[key] for key in EPOCH_COLUMNS},
+        "epochs": [{key: row[key] for key in EPOCH_COLUMNS} for row in epochs],
+        "per_class_accuracy": dict(zip(names, per_class_accuracy(confusion))),
+        "confusion_matrix": confusion.astype(int).tolist(),
+        "hyperparameters": hyperparameters,
+        "data_checksums": data_checksums,
+        "created_at": _now(),
+        "package_version": __version__,
+    }
+
+
+def write_report(report_dir, *, run_id, dataset, hyperparameters, data_checksums, epochs, minibatch_losses,
+                 confusion, class_names=None):
+    """Write the five report files into report_dir; returns the metrics dict."""
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    metrics = build_metrics(run_id=run_id, dataset=dataset, hyperparameters=hyperparameters,
+                            data_checksums=data_checksums, epochs=epochs, confusion=confusion,
+                            class_names=class_names)
+    write_atomically(report_dir / "accuracy.csv", _epochs_csv(epochs))
+    write_atomically(report_dir / "accuracy.png", _accuracy_plot(epochs, run_id))
+    write_atomically(report_dir / "loss.png", _loss_plot(np.asarray(minibatch_losses), epochs, run_id))
+    write_atomically(report_dir / "report.md", _markdown(metrics))
+    write_atomically(report_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def append_run(runs_csv, row):
+    """Add or replace (same run_id) one row of runs.csv, safely with concurrent writers.
+
+    An exclusive lock on runs.csv.lock serialises writers across processes; the table is
+    rewritten to a temporary file and renamed, so a reader never sees half a file. Keys
+    of `row` that are not columns are ignored; missing ones are left empty.
+    """
+    runs_csv = Path(runs_csv)
+    runs_csv.parent.mkdir(parents=True, exist_ok=True)
+    row = {key: row.get(key, "") for key in RUN_COLUMNS}
+    row["finished_at"] = row["finished_at"] or _now()
+    with open(runs_csv.with_name(runs_csv.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = [r for r in read_runs(runs_csv) if r.get("run_id") != row["run_id"]] + [row]
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=RUN_COLUMNS, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomically(runs_csv, out.getvalue())
+
+
+def read_runs(runs_csv):
+    """The rows of runs.csv as dicts of strings ([] when it does not exist)."""
+    runs_csv = Path(runs_csv)
+    if not runs_csv.exists():
+        return []
+    with open(runs_csv, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _epochs_csv(epochs):
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=EPOCH_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in epochs:
+        writer.writerow({key: (f"{row[key]:.6g}" if key == "epoch" else row[key]) for key in EPOCH_COLUMNS})
+    return out.getvalue()
+
+
+def _markdown(metrics):
+    final, params = metrics["final"], metrics["hyperparameters"]
+    lines = [
+        f"# Run {metrics['run_id']}", "",
+        f"Dataset **{metrics['dataset']}**. Final model (iteration {final['iteration']}, epoch "
+        f"{final['epoch']:.2f}): train accuracy **{final['train_accuracy']:.4f}**, "
+        f"test accuracy **{final['test_accuracy']:.4f}** (test loss {final['test_loss']:.4f}).", "",
+        "## Parameters", "",
+        *[f"- {key}: {value}" for key, value in params.items()], "",
+        "## Accuracy per epoch", "",
+        "Accuracy and mean cross-entropy over the whole training and test sets at each checkpoint.", "",
+        "| epoch | iteration | train accuracy | test accuracy | train loss | test loss |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        *[f"| {row['epoch']:.2f} | {row['iteration']} | {row['train_accuracy']:.4f} | {row['test_accuracy']:.4f} "
+          f"| {row['train_loss']:.4f} | {row['test_loss']:.4f} |" for row in metrics["epochs"]], "",
+        "## Test accuracy per class (final model)", "",
+        "| class | accuracy |", "| --- | ---: |",
+        *[f"| {name} | {'n/a' if value is None else f'{value:.4f}'} |"
+          for name, value in metrics["per_class_accuracy"].items()], "",
+        "## Confusion matrix (rows: true class, columns: predicted)", "",
+    ]
+    names = list(metrics["per_class_accuracy"])
+    lines.append("| true \\ predicted | " + " | ".join(names) + " |")
+    lines.append("| --- |" + " ---: |" * len(names))
+    for name, counts in zip(names, metrics["confusion_matrix"]):
+        lines.append(f"| {name} | " + " | ".join(str(c) for c in counts) + " |")
+    lines += ["", "Plots: `accuracy.png`, `loss.png`. Figures: `metrics.json`, `accuracy.csv`.", ""]
+    return "\n".join(lines)
+
+
+def _figure():
+    from matplotlib.figure import Figure  # only writing a plot needs matplotlib: import it late
+
+    figure = Figure(figsize=(8, 5), dpi=100)
+    return figure, figure.add_subplot()
+
+
+def _png(figure):
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _accuracy_plot(epochs, run_id):
+    figure, axes = _figure()
+    x = [row["epoch"] for row in epochs]
+    axes.plot(x, [row["train_accuracy"] for row in epochs], marker="o", label="train")
+    axes.plot(x, [row["test_accuracy"] for row in epochs], marker="s", linestyle="--", label="test")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("accuracy")
+    axes.set_ylim(0, 1.0)
+    axes.set_title(f"Accuracy per epoch, {run_id}")
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="lower right")
+    return _png(figure)
+
+
+def _loss_plot(losses, epochs, run_id):
+    figure, axes = _figure()
+    iterations = np.arange(1, losses.size + 1)
+    axes.plot(iterations, losses, linewidth=0.5, alpha=0.4, label="mini-batch loss")
+    window = max(1, min(100, losses.size // 10))
+    if losses.size >= window > 1:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        axes.plot(iterations[window - 1:], smooth, linewidth=1.5, label=f"moving average of {window}")
+    axes.plot([row["iteration"] for row in epochs], [row["train_loss"] for row in epochs], "o",
+              label="whole training set")
+    axes.set_xlabel("iteration")
+    axes.set_ylabel("cross-entropy loss")
+    axes.set_title(f"Loss, {run_id}")
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="upper right")
+    return _png(figure)

@@ -1,0 +1,80 @@
+"""Comparison of the runs of a sweep: summary.csv, summary.md and test_accuracy.png.
+
+Reads each run's report/metrics.json (as pipeline.report writes it); writes each file
+atomically, summary.csv last (Sweep's completion marker).
+"""
+
+import csv
+import io
+from pathlib import Path
+
+from pipeline.atomic import write_atomically
+
+SWEPT = ("hidden_size", "learning_rate", "batch_size", "seed")
+COLUMNS = ("run_id",) + SWEPT + ("iterations", "dtype", "sampling", "final_train_accuracy",
+                                  "final_test_accuracy", "best_test_accuracy", "best_epoch")
+
+
+def summary_rows(metrics_list):
+    """One row per run, best final test accuracy first. metrics_list: parsed metrics.json dicts."""
+    rows = []
+    for metrics in metrics_list:
+        params = metrics["hyperparameters"]
+        best = max(metrics["epochs"], key=lambda row: row["test_accuracy"])
+        rows.append({
+            "run_id": metrics["run_id"], **{key: params[key] for key in SWEPT},
+            "iterations": params["iterations"], "dtype": params["dtype"], "sampling": params["sampling"],
+            "final_train_accuracy": metrics["final"]["train_accuracy"],
+            "final_test_accuracy": metrics["final"]["test_accuracy"],
+            "best_test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
+        })
+    return sorted(rows, key=lambda row: (-row["final_test_accuracy"], row["run_id"]))
+
+
+def write_sweep_summary(directory, sweep_id, metrics_list):
+    """Write the sweep's three files into `directory`; returns the rows."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = summary_rows(metrics_list)
+    write_atomically(directory / "test_accuracy.png", _plot(metrics_list, sweep_id))
+    write_atomically(directory / "summary.md", _markdown(sweep_id, rows).encode("utf-8"))
+    write_atomically(directory / "summary.csv", _csv(rows).encode("utf-8"))
+    return rows
+
+
+def _csv(rows):
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _markdown(sweep_id, rows):
+    lines = [f"# Sweep {sweep_id}", "", f"{len(rows)} runs, best final test accuracy first.", "",
+             "| rank | hidden | learning rate | batch | seed | train acc | test acc | best test acc (epoch) | run |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for rank, row in enumerate(rows, 1):
+        lines.append(
+            f"| {rank} | {row['hidden_size']} | {row['learning_rate']:g} | {row['batch_size']} | {row['seed']} "
+            f"| {row['final_train_accuracy']:.4f} | {row['final_test_accuracy']:.4f} "
+            f"| {row['best_test_accuracy']:.4f} ({row['best_epoch']:.2f}) | `{row['run_id']}` |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(metrics_list, sweep_id):
+    from matplotlib.figure import Figure  # imported here: only writing a plot needs it
+
+    figure = Figure(figsize=(8, 5), dpi=100)
+    axes = figure.add_subplot()
+    for metrics in sorted(metrics_list, key=lambda m: m["run_id"]):
+        epochs = [row["epoch"] for row in metrics["epochs"]]
+        axes.plot(epochs, [row["test_accuracy"] for row in metrics["epochs"]], marker=".", label=metrics["run_id"])
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("test accuracy")
+    axes.set_title(f"Sweep {sweep_id}: test accuracy per epoch")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize="small")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()

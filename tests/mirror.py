@@ -1,0 +1,83 @@
+"""A misbehaving HTTP mirror on 127.0.0.1 for download tests.
+
+Each Mirror serves one directory in one mode and counts requests:
+  ok        the files as they are
+  404       every path answers 404
+  corrupt   the right length of wrong bytes (a valid gzip start, then garbage)
+  html      an HTML error page with status 200 (as some old mirrors do)
+  500       every request answers 500 (transient: retried, then the next mirror)
+  hang      accepts, then says nothing (the client's timeout must fire)
+  truncate  announces the full length, sends half, closes
+  redirect  302 to the same path on another mirror (`target`)
+"""
+
+import http.server
+import threading
+import time
+from pathlib import Path
+
+
+class Mirror:
+    def __init__(self, directory, mode="ok", target=None):
+        self.directory, self.mode, self.target = Path(directory), mode, target
+        self.requests = []
+        self._stop = threading.Event()
+        mirror = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                mirror.requests.append(self.path)
+                mirror.respond(self)
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def respond(self, handler):
+        name = handler.path.lstrip("/")
+        path = self.directory / name
+        if self.mode == "404" or (self.mode in ("ok", "corrupt", "truncate") and not path.is_file()):
+            return self._send(handler, 404, b"not found", "text/plain")
+        if self.mode == "500":
+            return self._send(handler, 500, b"server error", "text/plain")
+        if self.mode == "html":
+            return self._send(handler, 200, b"<!DOCTYPE html><html><body>Forbidden</body></html>", "text/html")
+        if self.mode == "redirect":
+            handler.send_response(302)
+            handler.send_header("Location", self.target.url + name)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return None
+        if self.mode == "hang":
+            self._stop.wait(30)
+            return None
+        data = path.read_bytes()
+        if self.mode == "corrupt":
+            data = data[:10] + bytes((b * 7 + 3) % 256 for b in data[10:])
+        if self.mode == "truncate":
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data[:len(data) // 2])
+            handler.wfile.flush()
+            handler.close_connection = True
+            return None
+        return self._send(handler, 200, data, "application/gzip")
+
+    @staticmethod
+    def _send(handler, status, body, content_type):
+        handler.send_response(status)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def close(self):
+        self._stop.set()
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,126 @@
+"""CheckGradient, TrainNetwork and EvaluateNetwork through Luigi, on small generated datasets."""
+
+import json
+
+import h5py
+import luigi
+import numpy as np
+import pytest
+from luigi.execution_summary import LuigiStatusCode
+
+from pipeline import checkpoint, tasks
+from pipeline.errors import ParameterError
+from pipeline.network import PARAM_NAMES, TwoLayerNet
+
+# A generated dataset under a custom name: DownloadDataset takes it from source_dir only.
+SMALL = dict(hidden_size=30, batch_size=50, learning_rate=0.5, iterations=120, sampling="shuffle", seed=3)
+
+
+def run(task_class, **params):
+    result = luigi.build([task_class(**params)], local_scheduler=True, detailed_summary=True)
+    return result.status
+
+
+@pytest.fixture
+def chain(tmp_path, synthetic_source):
+    """Explicit parameters for a run on the generated dataset, all paths under tmp_path."""
+    return dict(dataset="synthetic", source_dir=str(synthetic_source), local_dirs=[], mirrors=[],
+                data_dir=str(tmp_path / "data"), artifacts_dir=str(tmp_path / "artifacts"), **SMALL)
+
+
+def test_end_to_end_run_learns_the_synthetic_dataset(chain):
+    assert run(tasks.EvaluateNetwork, **chain) == LuigiStatusCode.SUCCESS
+    task = tasks.EvaluateNetwork(**chain)
+    metrics = json.loads((task.run_dir / "report" / "metrics.json").read_text())
+    assert metrics["final"]["test_accuracy"] >= 0.9
+    assert metrics["final"]["iteration"] == SMALL["iterations"]
+
+    params = json.loads((task.run_dir / "params.json").read_text())
+    assert params["run_id"] == task.run_dir.name and params["hidden_size"] == 30
+
+    check = json.loads((task.run_dir / "gradient_check.json").read_text())
+    assert check["passed"] and check["worst_relative_error"] < 1e-7
+    assert check["parameters"]["W1"]["entries_checked"] == 100
+
+    # 600 training images, batch 50: an epoch is 12 iterations; checkpoints at 0, 12, ..., 120
+    paths = checkpoint.list_checkpoints(task.run_dir / "checkpoints")
+    assert [checkpoint.load_checkpoint(p).iteration for p in paths] == list(range(0, 121, 12))
+    final = checkpoint.load_checkpoint(paths[-1])
+    model = checkpoint.load_checkpoint(task.run_dir / "model.h5")
+    for key in PARAM_NAMES:
+        assert np.array_equal(model.params[key], final.params[key])
+        assert model.params[key].dtype == np.float32
+    assert len(model.losses) == 120 and np.all(np.isfinite(model.losses))
+
+
+def test_a_rerun_with_equal_parameters_does_nothing(chain):
+    assert run(tasks.EvaluateNetwork, **chain) == LuigiStatusCode.SUCCESS
+    run_dir = tasks.EvaluateNetwork(**chain).run_dir
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    assert run(tasks.EvaluateNetwork, **chain) == LuigiStatusCode.SUCCESS
+    after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_a_changed_parameter_trains_into_a_new_run_directory(chain):
+    first = tasks.TrainNetwork(**chain)
+    second = tasks.TrainNetwork(**{**chain, "learning_rate": 0.25})
+    third = tasks.TrainNetwork(**{**chain, "dtype": "float64"})
+    assert len({first.run_dir, second.run_dir, third.run_dir}) == 3
+    assert tasks.TrainNetwork(**chain).run_dir == first.run_dir
+    assert first.run_dir.name.startswith("h30-b50-lr0.5-s3-")
+    # a path is not part of a run's identity
+    assert tasks.TrainNetwork(**{**chain, "data_dir": "elsewhere"}).run_id == first.run_id
+
+
+def test_float64_training_writes_float64_checkpoints(chain):
+    params = {**chain, "dtype": "float64", "iterations": 24}
+    assert run(tasks.TrainNetwork, **params) == LuigiStatusCode.SUCCESS
+    with h5py.File(tasks.TrainNetwork(**params).output().path, "r") as f:
+        assert f["params/W1"].dtype == np.float64
+
+
+def test_a_broken_backprop_fails_the_gradient_check_and_nothing_trains(chain, monkeypatch):
+    original = TwoLayerNet.gradient
+
+    def off_by_two_percent(self, x, t):
+        grads = original(self, x, t)
+        grads["W2"] = grads["W2"] * 1.02
+        return grads
+
+    monkeypatch.setattr(TwoLayerNet, "gradient", off_by_two_percent)
+    assert run(tasks.TrainNetwork, **chain) == LuigiStatusCode.FAILED
+    task = tasks.CheckGradient(**chain)
+    assert not task.complete()
+    failed = json.loads((task.run_dir / "gradient_check.failed.json").read_text())
+    assert not failed["passed"] and failed["parameters"]["W2"]["relative_error"] > 1e-3
+    assert not (task.run_dir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("change", [
+    dict(hidden_size=0), dict(batch_size=-1), dict(learning_rate=0.0), dict(iterations=0),
+    dict(dtype="float16"), dict(sampling="sometimes"), dict(dataset="../escape"),
+])
+def test_invalid_parameters_are_rejected_before_any_file_is_written(chain, tmp_path, change):
+    with pytest.raises(ParameterError):
+        tasks.EvaluateNetwork(**{**chain, **change})
+    assert not (tmp_path / "artifacts").exists() and not (tmp_path / "data").exists()
+
+
+def test_a_batch_larger_than_the_training_set_is_rejected_before_training(chain):
+    params = {**chain, "batch_size": 5000}
+    assert run(tasks.TrainNetwork, **params) == LuigiStatusCode.FAILED
+    assert not (tasks.TrainNetwork(**params).run_dir / "checkpoints").exists()
+
+
+def test_a_nan_loss_fails_the_task_and_leaves_no_model(chain, monkeypatch):
+    def poisoned(self, x, t):
+        loss, grads = original(self, x, t)
+        return float("nan"), grads
+
+    original = TwoLayerNet.loss_and_gradient
+    monkeypatch.setattr(TwoLayerNet, "loss_and_gradient", poisoned)
+    assert run(tasks.TrainNetwork, **chain) == LuigiStatusCode.FAILED
+    task = tasks.TrainNetwork(**chain)
+    assert not task.complete()
+    assert [checkpoint.load_checkpoint(p).iteration for p in checkpoint.list_checkpoints(task.run_dir / "checkpoints")] == [0]

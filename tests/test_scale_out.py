@@ -1,0 +1,113 @@
+"""Sweeps on Luigi's central scheduler with two workers, and scheduled (cron-style) runs."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SWEEP = ["--hidden-sizes", "[16,24]", "--learning-rates", "[0.3,0.6]", "--batch-size", "50",
+         "--iterations", "36", "--sampling", "shuffle"]
+
+
+def chain_flags(source, workdir):
+    return ["--dataset", "synthetic", "--source-dir", str(source), "--local-dirs", "[]", "--mirrors", "[]",
+            "--data-dir", str(workdir / "data"), "--artifacts-dir", str(workdir / "artifacts")]
+
+
+def luigi(*args):
+    return [sys.executable, "-m", "luigi", "--module", "pipeline.tasks", *args]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def luigid(tmp_path):
+    """A central scheduler on 127.0.0.1 with its own state file; shut down afterwards."""
+    port = free_port()
+    config = tmp_path / "luigid.cfg"
+    config.write_text(f"[scheduler]\nstate_path = {tmp_path / 'luigid-state'}\n")
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config)}
+    server = subprocess.Popen([sys.executable, "-c", "import luigi.cmdline; luigi.cmdline.luigid()",
+                               "--address", "127.0.0.1", "--port", str(port)],
+                              env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "/api/task_list?data={}", timeout=1).read()
+            break
+        except OSError:
+            assert server.poll() is None, "luigid exited"
+            assert time.monotonic() < deadline, "luigid did not start"
+            time.sleep(0.1)
+    yield port, url
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_two_workers_on_a_central_scheduler_train_each_run_exactly_once(tmp_path, synthetic_source, luigid):
+    port, url = luigid
+    command = luigi("Sweep", *chain_flags(synthetic_source, tmp_path), *SWEEP,
+                    "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port))
+    workers = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]
+    logs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(log[-2000:] for log in logs)
+
+    run_dirs = sorted(Path(tmp_path, "artifacts", "synthetic").glob("h*"))
+    assert len(run_dirs) == 4
+    starts = "\n".join(logs).count("training from iteration 0")
+    assert starts == 4, f"{starts} training starts for 4 runs"
+    for run_dir in run_dirs:
+        assert (run_dir / "report" / "metrics.json").exists() and (run_dir / "model.h5").exists()
+    (summary,) = Path(tmp_path, "artifacts", "synthetic", "sweeps").glob("*/summary.csv")
+    assert len(summary.read_text().splitlines()) == 5
+    assert (summary.parent / "summary.md").exists() and (summary.parent / "test_accuracy.png").exists()
+
+    done = json.loads(urllib.request.urlopen(url + "/api/task_list?data=" + urllib.request.quote(
+        json.dumps({"status": "DONE"}))).read())["response"]
+    families = [task["name"] for task in done.values()]
+    assert families.count("EvaluateNetwork") == 4 and families.count("TrainNetwork") == 4
+    assert families.count("Sweep") == 1 and families.count("NormalizeImages") == 1
+
+
+def test_a_dated_run_trains_once_and_a_second_run_for_the_date_does_nothing(tmp_path, synthetic_source):
+    command = luigi("EvaluateNetwork", "--local-scheduler", *chain_flags(synthetic_source, tmp_path),
+                    "--batch-size", "50", "--iterations", "24", "--date", "2026-11-22")
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (run_dir,) = Path(tmp_path, "artifacts", "synthetic").glob("*2026-11-22*")
+    stamp = (run_dir / "report" / "metrics.json").stat().st_mtime_ns
+
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0
+    assert "training from iteration 0" not in second.stderr
+    assert "already done" in second.stderr or "complete" in second.stderr
+    assert (run_dir / "report" / "metrics.json").stat().st_mtime_ns == stamp
+
+    next_day = subprocess.run([*command[:-1], "2026-11-23"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert next_day.returncode == 0
+    assert len(list(Path(tmp_path, "artifacts", "synthetic").glob("*2026-11-2*"))) == 2
+
+
+def test_a_failing_scheduled_run_exits_non_zero(tmp_path, synthetic_source):
+    (tmp_path / "luigi.cfg").write_text("[retcode]\ntask_failed = 30\nmissing_data = 20\n")
+    command = luigi("EvaluateNetwork", "--local-scheduler", "--dataset", "synthetic",
+                    "--source-dir", str(tmp_path / "nowhere"), "--local-dirs", "[]", "--mirrors", "[]",
+                    "--data-dir", str(tmp_path / "data"), "--artifacts-dir", str(tmp_path / "artifacts"))
+    failed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 30, failed.stderr[-2000:]
+    assert not Path(tmp_path, "data", "raw", "synthetic").exists() or not any(
+        Path(tmp_path, "data", "raw", "synthetic").iterdir())
