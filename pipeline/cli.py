@@ -173,7 +173,13 @@ def predict_command(args):
         if not model.exists():
             raise PipelineError(f"{model} does not exist: the run has not finished training")
     network = TwoLayerNet.from_params(checkpoint.load_checkpoint(model).params)
-    x = normalize_images(read_idx(args.images)).astype(network.dtype, copy=False)
+    images = read_idx(args.images)
+    if images.ndim != 3:
+        raise PipelineError(f"{args.images} holds labels, not images: give the images file first")
+    x = normalize_images(images).astype(network.dtype, copy=False)
+    if x.shape[1] != network.params["W1"].shape[0]:
+        raise PipelineError(f"{args.images} has images of {x.shape[1]} pixels; the model takes "
+                            f"{network.params['W1'].shape[0]}")
     predicted = np.argmax(network.predict(x), axis=1)
     if not args.summary:
         sys.stdout.write("".join(f"{label}\n" for label in predicted))

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import DataError, DownloadError, ParameterError
-from pipeline.idx import GZIP_MAGIC, parse_idx, read_bytes
+from pipeline.idx import GZIP_MAGIC, decompress, parse_idx
 
 logger = logging.getLogger("pipeline")
 
@@ -126,13 +126,14 @@ def fetch_dataset(dataset, dest_dir, *, source_dir=None, local_dirs=(), mirrors=
     dest_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".partial", dir=dest_dir.parent))
     try:
-        entries = {}
+        entries, unreachable = {}, {}
         for number, name in enumerate(FILES):
             def file_progress(fraction, message, number=number):
                 if progress is not None:
                     progress((number + fraction) / len(FILES), message)
 
-            entries[name] = _fetch_file(name, sources, accepted, staging, timeout, retries, backoff, file_progress)
+            entries[name] = _fetch_file(name, sources, accepted, staging, timeout, retries, backoff, file_progress,
+                                        unreachable)
         manifest = {
             "dataset": dataset,
             "created_at": _now(),
@@ -163,31 +164,53 @@ def _sources(dataset, source_dir, local_dirs, mirrors):
     return sources
 
 
-def _fetch_file(name, sources, accepted, staging, timeout, retries, backoff, progress):
+def _fetch_file(name, sources, accepted, staging, timeout, retries, backoff, progress, unreachable):
+    """Try each source for one file; return its manifest entry or raise DownloadError.
+
+    unreachable: {mirror: reason} of mirrors that failed to answer for an earlier file;
+    they are not tried again in this fetch (an offline machine would otherwise wait
+    out every timeout and retry once per file).
+    """
     failures = []
     for kind, location in sources:
+        where = str(location / name) if kind == "dir" else location + name
+        if location in unreachable:
+            failures.append(f"{where}: not tried ({unreachable[location]} for an earlier file)")
+            logger.info("%s", failures[-1])
+            continue
         try:
             if kind == "dir":
-                path, origin = _find_local(location, name)
+                path = _find_local(location, name)
             else:
-                path, origin = staging / (name + ".download"), location + name
-                _download(origin, path, timeout, retries, backoff, progress)
-            entry = _verify(path, name, accepted)
+                path = staging / (name + ".download")
+                _download(where, path, timeout, retries, backoff, progress)
+            entry = _verify(path.read_bytes(), name, accepted)
+        except MirrorDown as error:
+            unreachable[location] = str(error)
+            failures.append(f"{where}: {error}")
         except (DataError, DownloadError, OSError) as error:
-            failures.append(f"{location if kind == 'dir' else location + name}: {error}")
-            logger.info("%s: %s", name, failures[-1])
-            continue
-        stored_as = name if path.read_bytes()[:2] == GZIP_MAGIC else name[:-len(".gz")]
-        shutil.copyfile(path, staging / stored_as) if kind == "dir" else os.replace(path, staging / stored_as)
-        logger.info("%s: verified (%s) from %s", name, entry["verified_by"], origin)
-        return {**entry, "stored_as": stored_as, "source": str(origin), "fetched_at": _now()}
+            failures.append(f"{where}: {error}")
+        else:
+            stored_as = name if entry["gzipped"] else name[:-len(".gz")]
+            if kind == "dir":
+                shutil.copyfile(path, staging / stored_as)
+            else:
+                os.replace(path, staging / stored_as)
+            logger.info("%s: verified (%s) from %s", name, entry["verified_by"], path if kind == "dir" else where)
+            return {**entry, "stored_as": stored_as, "source": str(path) if kind == "dir" else where,
+                    "fetched_at": _now()}
+        logger.info("%s", failures[-1])
     raise DownloadError(f"could not get a verified {name} from any source:\n  " + "\n  ".join(failures))
+
+
+class MirrorDown(DownloadError):
+    """The mirror did not answer properly at all (no connection, timeouts, 5xx)."""
 
 
 def _find_local(directory, name):
     for candidate in (directory / name, directory / name[:-len(".gz")]):
         if candidate.is_file():
-            return candidate, candidate
+            return candidate
     raise DownloadError("not found (neither .gz nor plain IDX)")
 
 
@@ -205,7 +228,7 @@ def _download(url, path, timeout, retries, backoff, progress):
         except (urllib.error.URLError, socket.gaierror, ConnectionRefusedError) as error:
             reason = getattr(error, "reason", error)
             if not isinstance(reason, (TimeoutError, socket.timeout, ConnectionResetError)):
-                raise DownloadError(f"cannot connect ({reason})") from None
+                raise MirrorDown(f"cannot connect ({reason})") from None
         except (TimeoutError, socket.timeout):
             reason = f"timed out after {timeout:g} s"
         except (ConnectionResetError, http.client.IncompleteRead, http.client.RemoteDisconnected) as error:
@@ -214,7 +237,7 @@ def _download(url, path, timeout, retries, backoff, progress):
             delay = backoff * 2 ** (attempt - 1)
             logger.info("%s: %s; retry %d of %d in %.1f s", url, reason, attempt, retries - 1, delay)
             time.sleep(delay)
-    raise DownloadError(f"{reason} ({retries} tries)")
+    raise MirrorDown(f"{reason} ({retries} tries)")
 
 
 def _get(url, path, timeout, progress):
@@ -240,13 +263,13 @@ def _get(url, path, timeout, progress):
             raise http.client.IncompleteRead(b"", total - received)
 
 
-def _verify(path, name, accepted):
-    """Hashes of the file and of its content; DataError when the IDX is damaged or no
-    accepted hash matches."""
-    raw = path.read_bytes()
-    content = read_bytes(path)
-    parse_idx(content, str(path))
+def _verify(raw, name, accepted):
+    """Hashes of the file's bytes and of its IDX content; DataError when the IDX is damaged
+    or no accepted hash matches. (Callers prefix the source, so messages do not repeat it.)"""
+    content = decompress(raw, "the file")
+    parse_idx(content, "the file")
     entry = {
+        "gzipped": raw.startswith(GZIP_MAGIC),
         "size": len(raw),
         "md5": hashlib.md5(raw).hexdigest(),
         "sha256": hashlib.sha256(raw).hexdigest(),

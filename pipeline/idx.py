@@ -27,12 +27,18 @@ def read_bytes(path):
         raw = path.read_bytes()
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    return decompress(raw, str(path))
+
+
+def decompress(raw, name="data"):
+    """raw itself, or its gzip decompression when it starts with the gzip magic; a
+    DataError naming `name` when the gzip stream is corrupt or cut short."""
     if not raw.startswith(GZIP_MAGIC):
         return raw
     try:
         return gzip.decompress(raw)
     except (EOFError, OSError, zlib.error) as error:
-        raise DataError(f"{path}: corrupt or truncated gzip data ({error}); delete it and download it again") from None
+        raise DataError(f"{name}: corrupt or truncated gzip data ({error})") from None
 
 
 def parse_idx(content, name="IDX data"):

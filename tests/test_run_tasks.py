@@ -1,6 +1,7 @@
 """CheckGradient, TrainNetwork and EvaluateNetwork through Luigi, on small generated datasets."""
 
 import json
+from pathlib import Path
 
 import h5py
 import luigi
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from luigi.execution_summary import LuigiStatusCode
 
-from pipeline import checkpoint, tasks
+from pipeline import checkpoint, processed, report, tasks
 from pipeline.errors import ParameterError
 from pipeline.network import PARAM_NAMES, TwoLayerNet
 
@@ -124,3 +125,27 @@ def test_a_nan_loss_fails_the_task_and_leaves_no_model(chain, monkeypatch):
     task = tasks.TrainNetwork(**chain)
     assert not task.complete()
     assert [checkpoint.load_checkpoint(p).iteration for p in checkpoint.list_checkpoints(task.run_dir / "checkpoints")] == [0]
+
+
+def test_report_figures_agree_with_the_checkpoints_they_came_from(chain):
+    assert run(tasks.EvaluateNetwork, **chain) == LuigiStatusCode.SUCCESS
+    task = tasks.EvaluateNetwork(**chain)
+    metrics = json.loads((task.run_dir / "report" / "metrics.json").read_text())
+    data = processed.read_images(Path(chain["data_dir"]) / "processed" / "synthetic" / "images.h5")
+    labels = processed.read_labels(Path(chain["data_dir"]) / "processed" / "synthetic" / "labels.h5")
+    paths = checkpoint.list_checkpoints(task.run_dir / "checkpoints")
+    assert [row["iteration"] for row in metrics["epochs"]] == [checkpoint.load_checkpoint(p).iteration for p in paths]
+    for row, path in zip(metrics["epochs"][::5], paths[::5]):
+        net = TwoLayerNet.from_params(checkpoint.load_checkpoint(path).params)
+        assert row["test_accuracy"] == net.accuracy(data["test"], labels["test_labels"])
+        assert row["train_accuracy"] == net.accuracy(data["train"], labels["train_labels"])
+        assert row["test_loss"] == pytest.approx(float(net.loss(data["test"], labels["test_labels"])), rel=1e-5)
+    final = TwoLayerNet.from_params(checkpoint.load_checkpoint(task.run_dir / "model.h5").params)
+    predicted = final.predict(data["test"]).argmax(axis=1)
+    expected = np.zeros((10, 10), dtype=int)
+    np.add.at(expected, (labels["test_labels"], predicted), 1)
+    assert metrics["confusion_matrix"] == expected.tolist()
+    assert metrics["data_checksums"] == data["attrs"]["source_sha256"]
+    runs = report.read_runs(Path(chain["artifacts_dir"]) / "runs.csv")
+    assert [r["run_id"] for r in runs] == [task.run_id]
+    assert float(runs[0]["test_accuracy"]) == metrics["final"]["test_accuracy"]

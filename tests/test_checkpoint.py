@@ -1,0 +1,137 @@
+"""HDF5 checkpoints: exact roundtrip, atomic writes, damage detected and named."""
+
+import json
+import logging
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline import checkpoint
+from pipeline.errors import CheckpointError
+from pipeline.network import PARAM_NAMES, TwoLayerNet
+
+
+def save(path, dtype=np.float32, iteration=600, rng=None, params=None):
+    rng = rng or np.random.default_rng(3)
+    params = params or TwoLayerNet(784, 20, 10, rng=rng, dtype=dtype).params
+    losses = np.linspace(2.3, 0.5, iteration)
+    checkpoint.save_checkpoint(path, params=params, iteration=iteration, epoch=iteration / 600, losses=losses,
+                               rng_state=rng.bit_generator.state, hyperparameters={"hidden_size": 20, "seed": 3},
+                               dataset="synthetic", data_checksums={"a.gz": "00ff"}, run_id="h20-test")
+    return params, losses, rng
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_roundtrip_is_bit_exact_and_keeps_the_dtype(tmp_path, dtype):
+    path = checkpoint.checkpoint_path(tmp_path, 600)
+    assert path.name == "iter-00000600.h5"
+    params, losses, _ = save(path, dtype)
+    loaded = checkpoint.load_checkpoint(path)
+    for key in PARAM_NAMES:
+        assert loaded.params[key].dtype == dtype
+        assert loaded.params[key].tobytes() == params[key].tobytes()
+    assert loaded.losses.tobytes() == losses.tobytes()
+    assert (loaded.iteration, loaded.epoch, loaded.run_id, loaded.dataset) == (600, 1.0, "h20-test", "synthetic")
+    assert loaded.loss == losses[-1] and loaded.hyperparameters == {"hidden_size": 20, "seed": 3}
+    assert loaded.format_version == checkpoint.FORMAT_VERSION and loaded.created_at.endswith("+00:00")
+
+
+def test_a_restored_generator_continues_the_same_stream(tmp_path):
+    rng = np.random.default_rng(2024)
+    rng.integers(0, 60000, size=777)  # advance it somewhere arbitrary
+    save(tmp_path / "c.h5", rng=rng)
+    expected = rng.integers(0, 60000, size=1000)
+    restored = np.random.default_rng()
+    restored.bit_generator.state = checkpoint.load_checkpoint(tmp_path / "c.h5").rng_state
+    assert np.array_equal(restored.integers(0, 60000, size=1000), expected)
+
+
+def test_plain_h5py_reads_the_layout(tmp_path):
+    save(tmp_path / "c.h5")
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        assert sorted(f["params"].keys()) == sorted(PARAM_NAMES)
+        assert f["params/W1"].shape == (784, 20) and f["losses"].shape == (600,)
+        assert int(f.attrs["iteration"]) == 600
+        assert json.loads(f.attrs["hyperparameters"])["hidden_size"] == 20
+        assert json.loads(f.attrs["data_checksums"]) == {"a.gz": "00ff"}
+        for name in ("rng_state", "format_version", "created_at", "package_version", "dataset", "epoch", "loss"):
+            assert name in f.attrs
+
+
+def test_nan_weights_are_refused_and_nothing_is_written(tmp_path):
+    params = TwoLayerNet(784, 20, 10, rng=np.random.default_rng(0)).params
+    params["b2"][3] = np.nan
+    with pytest.raises(CheckpointError, match="b2 holds NaN"):
+        save(tmp_path / "c.h5", params=params)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failure_mid_write_leaves_no_file_and_no_temporary(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", fail)
+    with pytest.raises(OSError, match="No space left"):
+        save(tmp_path / "c.h5")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_checkpoint_survives_a_failed_overwrite(tmp_path, monkeypatch):
+    path = tmp_path / "c.h5"
+    params, _, _ = save(path)
+    monkeypatch.setattr(h5py.Group, "create_dataset", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        save(path, iteration=1200)
+    monkeypatch.undo()
+    assert checkpoint.load_checkpoint(path).iteration == 600
+    assert [p.name for p in tmp_path.iterdir()] == ["c.h5"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[:500]), "not a readable HDF5 checkpoint"),
+    (lambda p: p.write_text("not hdf5 at all"), "not a readable HDF5 checkpoint"),
+])
+def test_damaged_files_are_named_with_the_fix(tmp_path, damage, message):
+    path = tmp_path / "iter-00000600.h5"
+    save(path)
+    damage(path)
+    with pytest.raises(CheckpointError, match=rf"iter-00000600\.h5 is {message}.*delete it and rerun"):
+        checkpoint.load_checkpoint(path)
+
+
+def test_a_file_missing_part_of_the_layout_is_named(tmp_path):
+    path = tmp_path / "c.h5"
+    save(path)
+    with h5py.File(path, "a") as f:
+        del f["params/W2"]
+    with pytest.raises(CheckpointError, match=r"c\.h5 is not a complete checkpoint \(missing params/W2\)"):
+        checkpoint.load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        checkpoint.load_checkpoint(tmp_path / "absent.h5")
+
+
+def test_latest_skips_a_damaged_newest_checkpoint_with_a_warning(tmp_path, caplog):
+    for iteration in (0, 600, 1200):
+        save(checkpoint.checkpoint_path(tmp_path, iteration), iteration=iteration)
+    (tmp_path / ".iter-00001800.h5.x.tmp").write_bytes(b"half")  # a temporary is never a checkpoint
+    newest = checkpoint.checkpoint_path(tmp_path, 1200)
+    newest.write_bytes(newest.read_bytes()[:300])
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        latest = checkpoint.latest_checkpoint(tmp_path)
+    assert latest.iteration == 600
+    assert "iter-00001200.h5" in caplog.text and "skipping damaged checkpoint" in caplog.text
+    assert newest.exists()  # skipped, not deleted
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
+        "iter-00000000.h5", "iter-00000600.h5", "iter-00001200.h5"]
+    assert checkpoint.latest_checkpoint(tmp_path / "nothing-here") is None
+
+
+def test_describe_lists_datasets_and_attributes_and_rejects_non_hdf5(tmp_path):
+    save(tmp_path / "c.h5")
+    text = checkpoint.describe_h5(tmp_path / "c.h5")
+    assert "W1  dataset (784, 20) float32" in text and "losses  dataset (600,) float64" in text
+    assert "@iteration = 600" in text and "@run_id = h20-test" in text
+    (tmp_path / "x.h5").write_text("hello")
+    with pytest.raises(CheckpointError, match=r"x\.h5 is not an HDF5 file"):
+        checkpoint.describe_h5(tmp_path / "x.h5")

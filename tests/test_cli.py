@@ -1,0 +1,142 @@
+"""mnist-pipeline run / inspect / predict, as a person at a shell uses them."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fakedata import FILES, make_idx_dataset
+from pipeline.cli import main
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--hidden-size", "24", "--batch-size", "50", "--learning-rate", "0.5", "--iterations", "120",
+         "--sampling", "shuffle"]
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, synthetic_source):
+    """A workspace with one finished run, made by `mnist-pipeline run` itself."""
+    workdir = tmp_path_factory.mktemp("cli")
+    done = cli("run", "--dataset", "synthetic", "--source-dir", str(synthetic_source), "--data-dir", "data",
+               "--artifacts-dir", "artifacts", *SMALL, cwd=workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = (workdir / "artifacts" / "synthetic").glob("h24-*")
+    return workdir, run_dir, done
+
+
+def test_run_prints_where_the_report_is_and_the_final_accuracies(finished):
+    workdir, run_dir, done = finished
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert f"report: artifacts/synthetic/{run_dir.name}/report/report.md" in done.stdout
+    assert f"test accuracy {metrics['final']['test_accuracy']:.4f}" in done.stdout
+    assert metrics["final"]["test_accuracy"] >= 0.9
+
+
+def test_a_second_run_does_nothing_and_succeeds(finished, synthetic_source):
+    workdir, run_dir, _ = finished
+    stamp = (run_dir / "report" / "metrics.json").stat().st_mtime_ns
+    again = cli("run", "--dataset", "synthetic", "--source-dir", str(synthetic_source), "--data-dir", "data",
+                "--artifacts-dir", "artifacts", *SMALL, cwd=workdir)
+    assert again.returncode == 0
+    assert "training from iteration 0" not in again.stderr
+    assert (run_dir / "report" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_a_failing_run_exits_non_zero_with_a_one_line_reason(tmp_path):
+    (tmp_path / "empty").mkdir()
+    done = cli("run", "--dataset", "synthetic", "--source-dir", str(tmp_path / "empty"), *SMALL, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "mnist-pipeline: error: DownloadDataset failed: could not get a verified train-images-idx3-ubyte.gz" \
+        in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--hidden-size", "0"], "invalid hidden_size=0"),
+    (["--learning-rate", "-1"], "invalid learning_rate=-1.0"),
+    (["--dataset", "../etc"], "invalid dataset='../etc'"),
+    (["--date", "yesterday"], "invalid date='yesterday'"),
+])
+def test_bad_parameters_are_one_line_errors_before_anything_is_written(tmp_path, flags, message):
+    done = cli("run", *flags, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"mnist-pipeline: error: {done.stderr.strip().split('error: ', 1)[1]}"
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_lists_all_runs(finished, capsys):
+    workdir, run_dir, _ = finished
+    assert main(["inspect", "--artifacts-dir", str(workdir / "artifacts")]) == 0
+    out = capsys.readouterr().out
+    assert run_dir.name in out and "test_accuracy" in out.splitlines()[0]
+
+
+def test_inspect_a_run_shows_parameters_checkpoints_and_the_epoch_table(finished, capsys):
+    _, run_dir, _ = finished
+    assert main(["inspect", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "hidden_size: 24" in out and "iter-00000120.h5" in out and "per-epoch accuracy" in out
+    assert len([line for line in out.splitlines() if line.startswith("iter-")]) == 11  # 0, 12, ..., 120
+
+
+def test_inspect_an_h5_file_lists_its_layout(finished, capsys):
+    _, run_dir, _ = finished
+    assert main(["inspect", str(run_dir / "model.h5")]) == 0
+    out = capsys.readouterr().out
+    assert "W1  dataset (784, 24) float32" in out and "@iteration = 120" in out
+
+
+def test_inspect_errors_are_clear(tmp_path, finished, capsys):
+    _, run_dir, _ = finished
+    (tmp_path / "notes.h5").write_text("not hdf5")
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "params.json").write_text(json.dumps({"run_id": "x"}))
+    cases = [
+        ([str(tmp_path / "missing")], "does not exist"),
+        ([str(tmp_path / "notes.h5")], "is not an HDF5 file"),
+        ([str(tmp_path)], "is not a run directory"),
+        ([str(unfinished)], "has not finished"),
+        (["--artifacts-dir", str(tmp_path / "none")], "no runs yet"),
+    ]
+    for args, message in cases:
+        assert main(["inspect", *args]) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.startswith("mnist-pipeline: error:")
+
+
+def test_predict_prints_labels_and_the_accuracy(finished, synthetic_source):
+    workdir, run_dir, _ = finished
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
+    done = cli("predict", str(run_dir), str(synthetic_source / FILES["test_images"]),
+               str(synthetic_source / FILES["test_labels"]), cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    labels = done.stdout.split()
+    assert len(labels) == 200 and set(labels) <= set("0123456789")
+    correct = round(metrics["final"]["test_accuracy"] * 200)
+    assert f"accuracy {correct / 200:.4f} ({correct}/200)" in done.stderr
+
+
+def test_predict_errors_are_clear(finished, synthetic_source, tmp_path, capsys):
+    _, run_dir, _ = finished
+    images = str(synthetic_source / FILES["test_images"])
+    make_idx_dataset(tmp_path / "other", n_train=20, n_test=7)
+    cases = [
+        ([str(tmp_path / "nope.h5"), images], "no such checkpoint"),
+        ([str(tmp_path), images], "the run has not finished"),
+        ([str(run_dir), str(tmp_path / "missing.gz")], "cannot read"),
+        ([str(run_dir), str(synthetic_source / FILES["test_labels"])], "holds labels"),
+        ([str(run_dir), images, str(tmp_path / "other" / FILES["test_labels"])], "holds 7 labels for 200 images"),
+    ]
+    for args, message in cases:
+        assert main(["predict", "--summary", *args]) == 1
+        assert message in capsys.readouterr().err

@@ -1,0 +1,193 @@
+"""DownloadDataset and fetch_dataset against misbehaving mirrors on 127.0.0.1."""
+
+import gzip
+import json
+import logging
+import socket
+
+import luigi
+import pytest
+from luigi.execution_summary import LuigiStatusCode
+
+from fakedata import checksums_for, make_idx_dataset
+from pipeline import tasks
+from pipeline.download import FILES, fetch_dataset, validate_dataset_name
+from pipeline.errors import DownloadError, ParameterError
+
+FAST = dict(timeout=2.0, retries=2, backoff=0.01)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """A generated dataset as a mirror would publish it, and its hashes."""
+    directory = tmp_path_factory.mktemp("published")
+    return directory, make_idx_dataset(directory, n_train=120, n_test=30)
+
+
+def files_in(directory):
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def test_second_bad_mirror_and_404_are_skipped_and_the_third_serves(tmp_path, published, mirrors):
+    directory, hashes = published
+    missing, corrupt, good = mirrors(directory, "404"), mirrors(directory, "corrupt"), mirrors(directory, "ok")
+    dest = tmp_path / "raw" / "mnist"
+    manifest = fetch_dataset("mnist", dest, mirrors=[missing.url, corrupt.url, good.url],
+                             checksums=checksums_for(hashes), **FAST)
+    assert files_in(dest) == sorted(list(FILES) + ["MANIFEST.json"])
+    for name in FILES:
+        entry = manifest["files"][name]
+        assert entry["source"] == good.url + name
+        assert entry["md5"] == hashes[name]["md5"] and entry["content_sha256"] == hashes[name]["content_sha256"]
+        assert (dest / name).read_bytes() == (directory / name).read_bytes()
+    assert json.loads((dest / "MANIFEST.json").read_text()) == manifest
+    assert len(missing.requests) == 4 and len(corrupt.requests) == 4 and len(good.requests) == 4
+
+
+def test_when_every_mirror_fails_the_error_names_each_and_nothing_is_left(tmp_path, published, mirrors):
+    directory, hashes = published
+    bad = [mirrors(directory, "404"), mirrors(directory, "corrupt"), mirrors(directory, "html")]
+    dest = tmp_path / "raw" / "mnist"
+    with pytest.raises(DownloadError) as error:
+        fetch_dataset("mnist", dest, mirrors=[m.url for m in bad], checksums=checksums_for(hashes), **FAST)
+    message = str(error.value)
+    assert "train-images-idx3-ubyte.gz" in message
+    assert f"{bad[0].url}train-images-idx3-ubyte.gz: HTTP 404" in message
+    assert f"{bad[1].url}train-images-idx3-ubyte.gz: the file: corrupt or truncated gzip" in message
+    assert f"{bad[2].url}train-images-idx3-ubyte.gz: not a gzip file" in message
+    assert files_in(dest) == []
+    assert [p.name for p in (tmp_path / "raw").iterdir()] == []  # no staging directory left either
+
+
+def test_a_rerun_after_success_makes_no_request(tmp_path, published, mirrors):
+    directory, hashes = published
+    good = mirrors(directory, "ok")
+    params = dict(dataset="mnist", data_dir=str(tmp_path), local_dirs=[], mirrors=[good.url],
+                  checksums=checksums_for(hashes))
+    for _ in range(2):
+        result = luigi.build([tasks.EncodeLabels(**params), tasks.NormalizeImages(**params)],
+                             local_scheduler=True, detailed_summary=True)
+        assert result.status == LuigiStatusCode.SUCCESS
+    assert len(good.requests) == 4
+    stamp = (tmp_path / "processed" / "mnist" / "images.h5").stat().st_mtime_ns
+    luigi.build([tasks.NormalizeImages(**params)], local_scheduler=True)
+    assert (tmp_path / "processed" / "mnist" / "images.h5").stat().st_mtime_ns == stamp
+    assert len(good.requests) == 4
+
+
+def test_a_recompressed_copy_passes_through_the_content_hash(tmp_path, published, mirrors):
+    directory, hashes = published
+    recompressed = tmp_path / "recompressed"
+    recompressed.mkdir()
+    for name in FILES:  # same IDX content, other gzip bytes, as Debian ships Fashion-MNIST
+        (recompressed / name).write_bytes(gzip.compress(gzip.decompress((directory / name).read_bytes()),
+                                                        compresslevel=1, mtime=12345))
+        assert (recompressed / name).read_bytes() != (directory / name).read_bytes()
+    both = {name: [h["md5"], h["content_sha256"]] for name, h in hashes.items()}
+    manifest = fetch_dataset("mnist", tmp_path / "raw" / "mnist", mirrors=[mirrors(recompressed).url],
+                             checksums=both, **FAST)
+    assert {e["verified_by"] for e in manifest["files"].values()} == {"sha256 of the decompressed content"}
+    with pytest.raises(DownloadError, match="checksum mismatch"):  # the .gz md5 alone does not match
+        fetch_dataset("mnist", tmp_path / "raw2" / "mnist", mirrors=[mirrors(recompressed).url],
+                      checksums=checksums_for(hashes, "md5"), **FAST)
+
+
+@pytest.mark.parametrize("mode, reason", [
+    ("hang", "timed out"), ("truncate", "connection broken"), ("500", "HTTP 500"), ("html", "not a gzip file"),
+])
+def test_a_misbehaving_mirror_is_left_for_the_next(tmp_path, published, mirrors, mode, reason):
+    directory, hashes = published
+    bad, good = mirrors(directory, mode), mirrors(directory, "ok")
+    settings = {**FAST, "timeout": 0.5} if mode == "hang" else FAST
+    manifest = fetch_dataset("mnist", tmp_path / "raw" / "mnist", mirrors=[bad.url, good.url],
+                             checksums=checksums_for(hashes), **settings)
+    assert all(e["source"].startswith(good.url) for e in manifest["files"].values())
+    with pytest.raises(DownloadError, match=reason):
+        fetch_dataset("mnist", tmp_path / "raw2" / "mnist", mirrors=[bad.url], checksums=checksums_for(hashes),
+                      **settings)
+    assert not (tmp_path / "raw2" / "mnist").exists()
+
+
+def test_transient_errors_are_retried_a_bounded_number_of_times_then_the_mirror_is_dropped(tmp_path, published,
+                                                                                          mirrors, caplog):
+    directory, hashes = published
+    flaky, good = mirrors(directory, "500"), mirrors(directory, "ok")
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        manifest = fetch_dataset("mnist", tmp_path / "raw" / "mnist", mirrors=[flaky.url, good.url],
+                                 checksums=checksums_for(hashes), timeout=1, retries=3, backoff=0.01)
+    assert len(flaky.requests) == 3  # three tries for the first file, none for the other three
+    assert len(good.requests) == 4 and len(manifest["files"]) == 4
+    assert "t10k-labels-idx1-ubyte.gz: not tried (HTTP 500 Internal Server Error (3 tries)" in caplog.text
+
+
+def test_a_redirect_to_another_loopback_mirror_is_followed(tmp_path, published, mirrors):
+    directory, hashes = published
+    good = mirrors(directory, "ok")
+    hop = mirrors(directory, "redirect", target=good)
+    manifest = fetch_dataset("mnist", tmp_path / "raw" / "mnist", mirrors=[hop.url], checksums=checksums_for(hashes),
+                             **FAST)
+    assert len(good.requests) == 4 and len(manifest["files"]) == 4
+
+
+def test_an_unreachable_mirror_fails_fast_with_a_clear_reason(tmp_path, published):
+    _, hashes = published
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DownloadError, match=r"cannot connect"):
+        fetch_dataset("mnist", tmp_path / "raw" / "mnist", mirrors=[f"http://127.0.0.1:{port}/"],
+                      checksums=checksums_for(hashes), **FAST)
+
+
+def test_local_directories_come_before_mirrors_and_may_hold_plain_idx(tmp_path, published, mirrors):
+    directory, hashes = published
+    plain = tmp_path / "plain"
+    make_idx_dataset(plain, n_train=120, n_test=30, compress=False)
+    good = mirrors(directory, "ok")
+    both = {name: [h["md5"], h["content_sha256"]] for name, h in hashes.items()}
+    manifest = fetch_dataset("mnist", tmp_path / "raw" / "mnist", local_dirs=[str(tmp_path / "{dataset}-absent"),
+                                                                              str(plain)],
+                             mirrors=[good.url], checksums=both, **FAST)
+    assert good.requests == []
+    assert {e["stored_as"] for e in manifest["files"].values()} == {n[:-3] for n in FILES}
+
+
+def test_a_custom_dataset_is_validated_hashed_and_warned_about(tmp_path, caplog, mirrors, published):
+    directory, hashes = published
+    never = mirrors(directory, "ok")
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        manifest = fetch_dataset("my-digits", tmp_path / "raw" / "my-digits", source_dir=str(directory), **FAST)
+    assert "custom dataset: no known checksums" in caplog.text
+    assert manifest["files"]["train-labels-idx1-ubyte.gz"]["md5"] == hashes["train-labels-idx1-ubyte.gz"]["md5"]
+    assert manifest["verified_with"].startswith("IDX structure only")
+    with pytest.raises(DownloadError, match="custom dataset needs source_dir or local_dirs"):
+        fetch_dataset("other-digits", tmp_path / "raw" / "other", **FAST)
+    assert never.requests == []
+
+
+def test_a_custom_dataset_with_a_damaged_file_is_refused(tmp_path, published):
+    directory, _ = published
+    broken = tmp_path / "broken"
+    make_idx_dataset(broken, n_train=120, n_test=30)
+    data = (broken / "t10k-images-idx3-ubyte.gz").read_bytes()
+    (broken / "t10k-images-idx3-ubyte.gz").write_bytes(data[:len(data) // 3])
+    with pytest.raises(DownloadError, match=r"broken/t10k-images-idx3-ubyte\.gz: the file: corrupt or truncated gzip"):
+        fetch_dataset("mine", tmp_path / "raw" / "mine", source_dir=str(broken), **FAST)
+    assert not (tmp_path / "raw" / "mine").exists()
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "", "..", "Upper", ".hidden", "x" * 80])
+def test_dataset_names_cannot_escape_the_data_directory(name):
+    with pytest.raises(ParameterError, match="invalid dataset"):
+        validate_dataset_name(name)
+
+
+def test_progress_is_logged_in_bytes_and_percent(tmp_path, published, mirrors, caplog):
+    directory, hashes = published
+    seen = []
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        fetch_dataset("mnist", tmp_path / "raw" / "mnist", mirrors=[mirrors(directory).url],
+                      checksums=checksums_for(hashes), progress=lambda f, m: seen.append((f, m)), **FAST)
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any("bytes (100%)" in m for _, m in seen)

@@ -1,0 +1,79 @@
+"""IDX reading: every kind of damage is a DataError naming the file and the problem."""
+
+import gzip
+
+import numpy as np
+import pytest
+
+from pipeline.errors import DataError
+from pipeline.idx import encode_idx, read_idx, read_images_and_labels, write_idx
+from pipeline.preprocess import normalize_images, one_hot
+
+
+@pytest.fixture
+def pair(tmp_path):
+    images = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+    labels = np.array([7, 0, 9], dtype=np.uint8)
+    write_idx(tmp_path / "images.gz", images)
+    write_idx(tmp_path / "labels.gz", labels)
+    return tmp_path / "images.gz", tmp_path / "labels.gz", images, labels
+
+
+def test_roundtrip_gzipped_and_plain(tmp_path, pair):
+    images_path, labels_path, images, labels = pair
+    assert np.array_equal(read_idx(images_path), images)
+    write_idx(tmp_path / "plain", labels, compress=False)
+    assert (tmp_path / "plain").read_bytes()[:4] == b"\x00\x00\x08\x01"
+    assert np.array_equal(read_idx(tmp_path / "plain"), labels)
+    got_images, got_labels = read_images_and_labels(images_path, labels_path)
+    assert got_images.shape == (3, 28, 28) and got_labels.tolist() == [7, 0, 9]
+
+
+def test_truncated_gzip_is_named(tmp_path, pair):
+    data = pair[0].read_bytes()
+    (tmp_path / "cut.gz").write_bytes(data[:len(data) // 2])
+    with pytest.raises(DataError, match=r"cut\.gz: corrupt or truncated gzip"):
+        read_idx(tmp_path / "cut.gz")
+
+
+def test_wrong_magic_is_named(tmp_path):
+    (tmp_path / "bad").write_bytes(gzip.compress(b"\x00\x00\x09\x03" + b"\x00" * 64))
+    with pytest.raises(DataError, match=r"bad: wrong magic number 0x00000903"):
+        read_idx(tmp_path / "bad")
+    (tmp_path / "html").write_bytes(b"<html>404</html>")
+    with pytest.raises(DataError, match=r"html: wrong magic number"):
+        read_idx(tmp_path / "html")
+
+
+def test_short_and_overlong_files_are_named(tmp_path):
+    content = encode_idx(np.zeros((2, 28, 28), dtype=np.uint8))
+    (tmp_path / "short").write_bytes(content[:-5])
+    with pytest.raises(DataError, match=r"short: file is short: 1579 bytes, the header \(2, 28, 28\) needs 1584"):
+        read_idx(tmp_path / "short")
+    (tmp_path / "long").write_bytes(content + b"xx")
+    with pytest.raises(DataError, match="longer than its header says"):
+        read_idx(tmp_path / "long")
+
+
+def test_mismatched_counts_are_named(tmp_path, pair):
+    write_idx(tmp_path / "two-labels.gz", np.array([1, 2], dtype=np.uint8))
+    with pytest.raises(DataError, match=r"has 3 images but .*two-labels\.gz has 2 labels"):
+        read_images_and_labels(pair[0], tmp_path / "two-labels.gz")
+
+
+def test_labels_out_of_range_and_swapped_files_are_named(tmp_path, pair):
+    write_idx(tmp_path / "eleven.gz", np.array([1, 11, 2], dtype=np.uint8))
+    with pytest.raises(DataError, match=r"eleven\.gz: label 11 is out of range 0-9"):
+        read_images_and_labels(pair[0], tmp_path / "eleven.gz")
+    with pytest.raises(DataError, match="holds labels .* not images"):
+        read_images_and_labels(pair[1], pair[1])
+
+
+def test_normalized_pixels_lie_in_0_1_and_one_hot_is_one_hot(pair):
+    images, labels = pair[2], pair[3]
+    x = normalize_images(images)
+    assert x.shape == (3, 784) and x.dtype == np.float32
+    assert x.min() >= 0.0 and x.max() <= 1.0 and x[0, 255] == np.float32(255) / np.float32(255)
+    encoded = one_hot(labels)
+    assert encoded.shape == (3, 10) and encoded.dtype == np.float32
+    assert np.all(encoded.sum(axis=1) == 1) and np.array_equal(encoded.argmax(axis=1), labels)

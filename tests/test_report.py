@@ -1,0 +1,109 @@
+"""Reports: every figure in every file agrees with the inputs; runs.csv under concurrent writers."""
+
+import csv
+import json
+import multiprocessing
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from pipeline import report
+
+EPOCHS = [
+    {"epoch": 0.0, "iteration": 0, "train_accuracy": 0.1, "train_loss": 2.30, "test_accuracy": 0.098, "test_loss": 2.31},
+    {"epoch": 1.0, "iteration": 600, "train_accuracy": 0.81, "train_loss": 0.61, "test_accuracy": 0.79, "test_loss": 0.66},
+    {"epoch": 1.5, "iteration": 900, "train_accuracy": 0.86, "train_loss": 0.41, "test_accuracy": 0.8512,
+     "test_loss": 0.45},
+]
+CONFUSION = np.diag([90, 80, 70, 60, 50, 40, 30, 20, 10, 0]) + np.eye(10, k=1, dtype=int) * 10
+
+
+@pytest.fixture
+def written(tmp_path):
+    losses = 2.3 * np.exp(-np.arange(900) / 300) + 0.1
+    metrics = report.write_report(tmp_path / "report", run_id="h50-test", dataset="synthetic",
+                                  hyperparameters={"hidden_size": 50, "learning_rate": 0.1},
+                                  data_checksums={"t10k-images-idx3-ubyte.gz": "abc"}, epochs=EPOCHS,
+                                  minibatch_losses=losses, confusion=CONFUSION)
+    return tmp_path / "report", metrics
+
+
+def test_metrics_json_holds_the_given_figures(written):
+    directory, returned = written
+    metrics = json.loads((directory / "metrics.json").read_text())
+    assert metrics == returned
+    assert metrics["final"] == EPOCHS[-1]
+    assert metrics["epochs"] == EPOCHS
+    assert metrics["confusion_matrix"] == CONFUSION.tolist()
+    assert metrics["hyperparameters"] == {"hidden_size": 50, "learning_rate": 0.1}
+    assert metrics["data_checksums"] == {"t10k-images-idx3-ubyte.gz": "abc"}
+
+
+def test_per_class_accuracy_is_the_diagonal_over_row_sums(written):
+    metrics = json.loads((written[0] / "metrics.json").read_text())
+    per_class = metrics["per_class_accuracy"]
+    assert per_class["0"] == pytest.approx(90 / 100) and per_class["8"] == pytest.approx(10 / 20)
+    assert per_class["9"] is None  # no sample of class 9: no accuracy, not 0 and not a division error
+    assert report.per_class_accuracy(np.array([[3, 1], [0, 4]])) == [0.75, 1.0]
+
+
+def test_accuracy_csv_reads_back_to_the_same_numbers(written):
+    with open(written[0] / "accuracy.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(report.EPOCH_COLUMNS)
+    assert len(rows) == 3
+    for row, expected in zip(rows, EPOCHS):
+        for key, value in expected.items():
+            assert float(row[key]) == pytest.approx(value)
+
+
+def test_report_md_summarises_the_run(written):
+    text = (written[0] / "report.md").read_text()
+    assert "test accuracy **0.8512**" in text
+    assert "| 1.00 | 600 | 0.8100 | 0.7900 | 0.6100 | 0.6600 |" in text
+    assert "| 8 | 0.5000 |" in text and "| 9 | n/a |" in text
+    assert "| 0 | 90 | 10 | 0 |" in text  # first row of the confusion matrix
+
+
+def test_plots_are_real_pngs(written):
+    for name in ("accuracy.png", "loss.png"):
+        path = written[0] / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        image = matplotlib.image.imread(path)
+        assert image.shape[0] >= 300 and image.shape[1] >= 500
+        assert image.std() > 0.05  # not a blank canvas
+
+
+def test_no_temporary_files_are_left(written):
+    assert sorted(p.name for p in written[0].iterdir()) == [
+        "accuracy.csv", "accuracy.png", "loss.png", "metrics.json", "report.md"]
+
+
+def _append_many(path, prefix, count):
+    for k in range(count):
+        report.append_run(path, {"run_id": f"{prefix}-{k}", "dataset": "synthetic", "test_accuracy": k / 100})
+
+
+def test_runs_csv_keeps_every_row_under_two_concurrent_writer_processes(tmp_path):
+    path = tmp_path / "runs.csv"
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_append_many, args=(path, prefix, 60)) for prefix in ("a", "b")]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(60)
+        assert w.exitcode == 0
+    rows = report.read_runs(path)
+    assert len(rows) == 120
+    assert {r["run_id"] for r in rows} == {f"{p}-{k}" for p in "ab" for k in range(60)}
+    assert all(r["dataset"] == "synthetic" and r["finished_at"] for r in rows)
+
+
+def test_a_rerun_replaces_its_row(tmp_path):
+    path = tmp_path / "runs.csv"
+    report.append_run(path, {"run_id": "x", "test_accuracy": 0.5})
+    report.append_run(path, {"run_id": "y", "test_accuracy": 0.6})
+    report.append_run(path, {"run_id": "x", "test_accuracy": 0.7, "not_a_column": 1})
+    rows = report.read_runs(path)
+    assert [(r["run_id"], r["test_accuracy"]) for r in rows] == [("y", "0.6"), ("x", "0.7")]
