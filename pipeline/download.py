@@ -200,7 +200,9 @@ def _fetch_file(name, sources, accepted, staging, timeout, retries, backoff, pro
             return {**entry, "stored_as": stored_as, "source": str(path) if kind == "dir" else where,
                     "fetched_at": _now()}
         logger.info("%s", failures[-1])
-    raise DownloadError(f"could not get a verified {name} from any source:\n  " + "\n  ".join(failures))
+    raise DownloadError(f"could not get a verified {name} from any source:\n  " + "\n  ".join(failures)
+                        + "\nWithout network access, put the four files (.gz or plain IDX) in a directory and "
+                          "pass --source-dir DIR, or list it in [sources] local_dirs in luigi.cfg")
 
 
 class MirrorDown(DownloadError):
