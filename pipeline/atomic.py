@@ -1,5 +1,7 @@
-"""Files that appear complete or not at all: write beside the target, flush, rename."""
+"""Files that appear complete or not at all (write beside the target, flush, rename), and
+locks that serialise processes working on the same files."""
 
+import fcntl
 import os
 import tempfile
 from contextlib import contextmanager
@@ -45,3 +47,18 @@ def _fsync(path):
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+@contextmanager
+def exclusive_lock(path):
+    """Hold an exclusive lock on `path` (created if need be) for the block: other processes,
+    here or on a shared filesystem that supports flock, wait until it is released. The
+    lock goes with the process, so a killed holder never leaves it stuck."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

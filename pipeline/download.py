@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import DataError, DownloadError, ParameterError
-from pipeline.idx import GZIP_MAGIC, decompress, parse_idx
+from pipeline.idx import GZIP_MAGIC, check_pair, decompress, parse_idx
 
 logger = logging.getLogger("pipeline")
 
@@ -41,6 +41,7 @@ FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
 class KnownDataset:
     mirrors: tuple
     hashes: dict  # file name -> accepted hex digests (md5 / sha256 of the .gz, sha256 of the content)
+    train_size: int = 60000
 
 
 # Facts from DESIGN.md: sizes and hashes of the published files.
@@ -100,8 +101,52 @@ def is_known(dataset):
     return dataset in KNOWN_DATASETS
 
 
+def known_train_size(dataset):
+    """Training images of a known dataset (60000 for both), None for a custom one."""
+    return KNOWN_DATASETS[dataset].train_size if is_known(dataset) else None
+
+
 def default_mirrors(dataset):
     return list(KNOWN_DATASETS[dataset].mirrors) if is_known(dataset) else []
+
+
+def load_raw_dataset(raw_dir):
+    """Read a fetched dataset back: ({"train": (images, labels), "test": (images, labels)},
+    {file name: sha256 of its content}).
+
+    Each file is checked again against MANIFEST.json before use, so a file changed or
+    damaged since it was verified is refused (DataError naming it and the fix), never read.
+    """
+    raw_dir = Path(raw_dir)
+    manifest_path = raw_dir / "MANIFEST.json"
+    try:
+        entries = json.loads(manifest_path.read_text())["files"]
+    except (OSError, ValueError, KeyError) as error:
+        raise DataError(f"{manifest_path} is unreadable ({error}); delete {raw_dir} and rerun to fetch the dataset "
+                        f"again") from None
+    arrays, checksums = {}, {}
+    for name in FILES:
+        if name not in entries:
+            raise DataError(f"{manifest_path} does not list {name}; delete {raw_dir} and rerun")
+        path = raw_dir / entries[name]["stored_as"]
+        try:
+            content = decompress(path.read_bytes(), str(path))
+        except OSError as error:
+            raise DataError(f"{path} is listed in {manifest_path} but cannot be read ({error.strerror}); "
+                            f"delete {raw_dir} and rerun") from None
+        digest = hashlib.sha256(content).hexdigest()
+        if digest != entries[name]["content_sha256"]:
+            raise DataError(f"{path} does not match {manifest_path} (content sha256 {digest[:12]}..., the manifest "
+                            f"says {entries[name]['content_sha256'][:12]}...): it changed after it was verified; "
+                            f"delete {raw_dir} and rerun to fetch it again")
+        arrays[name] = parse_idx(content, str(path))
+        checksums[name] = digest
+    parts = {}
+    for part, prefix in (("train", "train"), ("test", "t10k")):
+        images_name, labels_name = f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"
+        check_pair(arrays[images_name], arrays[labels_name], raw_dir / images_name, raw_dir / labels_name)
+        parts[part] = (arrays[images_name], arrays[labels_name])
+    return parts, checksums
 
 
 def fetch_dataset(dataset, dest_dir, *, source_dir=None, local_dirs=(), mirrors=(), checksums=None,

@@ -70,16 +70,21 @@ def read_idx(path):
 def read_images_and_labels(images_path, labels_path, n_classes=10):
     """(images (n, rows, cols), labels (n,)) after checking kinds, label range and counts."""
     images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.ndim != 3:
-        raise DataError(f"{images_path}: holds labels (magic 0x{LABELS_MAGIC:08x}), not images")
-    if labels.ndim != 1:
-        raise DataError(f"{labels_path}: holds images (magic 0x{IMAGES_MAGIC:08x}), not labels")
-    if labels.size and labels.max() >= n_classes:
-        raise DataError(f"{labels_path}: label {int(labels.max())} is out of range 0-{n_classes - 1}")
-    if images.shape[0] != labels.shape[0]:
-        raise DataError(f"{images_path} has {images.shape[0]} images but {labels_path} has "
-                        f"{labels.shape[0]} labels: the files do not belong together")
+    check_pair(images, labels, images_path, labels_path, n_classes)
     return images, labels
+
+
+def check_pair(images, labels, images_name, labels_name, n_classes=10):
+    """DataError unless images is (n, rows, cols), labels is (n,) with values below n_classes."""
+    if images.ndim != 3:
+        raise DataError(f"{images_name}: holds labels (magic 0x{LABELS_MAGIC:08x}), not images")
+    if labels.ndim != 1:
+        raise DataError(f"{labels_name}: holds images (magic 0x{IMAGES_MAGIC:08x}), not labels")
+    if labels.size and labels.max() >= n_classes:
+        raise DataError(f"{labels_name}: label {int(labels.max())} is out of range 0-{n_classes - 1}")
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(f"{images_name} has {images.shape[0]} images but {labels_name} has "
+                        f"{labels.shape[0]} labels: the files do not belong together")
 
 
 def encode_idx(array):

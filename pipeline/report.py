@@ -8,7 +8,6 @@ complete. JSON and CSV are shaped for `dvc metrics show` and `dvc plots show`.
 
 import csv
 import datetime
-import fcntl
 import io
 import json
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import __version__
-from pipeline.atomic import write_atomically
+from pipeline.atomic import exclusive_lock, write_atomically
 
 EPOCH_COLUMNS = ("epoch", "iteration", "train_accuracy", "test_accuracy", "train_loss", "test_loss")
 RUN_COLUMNS = ("run_id", "dataset", "hidden_size", "batch_size", "learning_rate", "iterations", "weight_init_std",
@@ -76,8 +75,7 @@ def append_run(runs_csv, row):
     runs_csv.parent.mkdir(parents=True, exist_ok=True)
     row = {key: row.get(key, "") for key in RUN_COLUMNS}
     row["finished_at"] = row["finished_at"] or _now()
-    with open(runs_csv.with_name(runs_csv.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(runs_csv.with_name(runs_csv.name + ".lock")):
         rows = [r for r in read_runs(runs_csv) if r.get("run_id") != row["run_id"]] + [row]
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=RUN_COLUMNS, lineterminator="\n", extrasaction="ignore")

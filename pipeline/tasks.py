@@ -7,6 +7,7 @@ Only this module imports luigi. Defaults live in luigi.cfg: [paths], [sources],
 [mirrors] and [training].
 """
 
+import errno
 import itertools
 import json
 import logging
@@ -18,12 +19,12 @@ import luigi
 import numpy as np
 
 from pipeline import checkpoint, processed, report
-from pipeline.atomic import write_atomically
-from pipeline.download import default_mirrors, fetch_dataset, validate_dataset_name
-from pipeline.errors import CheckpointError, GradientCheckError, PipelineError
+from pipeline.atomic import exclusive_lock, write_atomically
+from pipeline.download import (default_mirrors, fetch_dataset, known_train_size, load_raw_dataset,
+                               validate_dataset_name)
+from pipeline.errors import CheckpointError, GradientCheckError, ParameterError, PipelineError
 from pipeline.evaluation import evaluate_epochs
 from pipeline.gradcheck import gradient_check_report
-from pipeline.idx import read_images_and_labels
 from pipeline.network import TwoLayerNet
 from pipeline.preprocess import normalize_images, one_hot
 from pipeline.runs import run_name, sweep_name, validate_run_date
@@ -40,8 +41,23 @@ warnings.filterwarnings(
 logger = logging.getLogger("pipeline")
 
 
+def user_message(error):
+    """The one-line message for an error a user can act on, or None for a bug (whose
+    traceback is then worth showing). Errors the pipeline raises on purpose, and the
+    operating system's "disk full" or "not allowed" when writing, are of the first kind."""
+    if isinstance(error, PipelineError):
+        return f"{type(error).__name__}: {error}"
+    if isinstance(error, OSError) and error.errno in USER_ERRNOS:
+        return (f"cannot write: {error}; free some space or fix the permissions and rerun "
+                f"(files already written are intact)")
+    return None
+
+
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
 class _ConciseErrors(logging.Filter):
-    """Log an error the pipeline raised on purpose as its one-line message, not a traceback.
+    """Log an error a user can act on as its one-line message, not a traceback.
 
     Luigi logs every task failure with logger.exception; for a PipelineError the message
     already names the problem and the fix, and the traceback would bury it. Other
@@ -49,9 +65,9 @@ class _ConciseErrors(logging.Filter):
     """
 
     def filter(self, record):
-        if record.exc_info and isinstance(record.exc_info[1], PipelineError):
-            error = record.exc_info[1]
-            record.msg = f"{record.getMessage()}: {type(error).__name__}: {error}"
+        message = user_message(record.exc_info[1]) if record.exc_info else None
+        if message:
+            record.msg = f"{record.getMessage()}: {message}"
             record.args = None
             record.exc_info = record.exc_text = None
         return True
@@ -74,6 +90,27 @@ logger.setLevel(logging.INFO)
 
 def _from(section, name):
     return {"section": section, "name": name}
+
+
+class WholeNumberParameter(luigi.IntParameter):
+    """An IntParameter whose bad value ("abc" on the command line or in luigi.cfg) is a
+    one-line ParameterError instead of int()'s traceback."""
+
+    def parse(self, x):
+        try:
+            return int(x)
+        except ValueError:
+            raise ParameterError(f"{x!r} is not a whole number: check the command line and luigi.cfg") from None
+
+
+class NumberParameter(luigi.FloatParameter):
+    """A FloatParameter whose bad value is a one-line ParameterError."""
+
+    def parse(self, x):
+        try:
+            return float(x)
+        except ValueError:
+            raise ParameterError(f"{x!r} is not a number: check the command line and luigi.cfg") from None
 
 
 class sources(luigi.Config):
@@ -120,10 +157,8 @@ class DataTask(luigi.Task):
     )
 
     def on_failure(self, exception):
-        """What the scheduler shows for a failure: the message alone for a PipelineError."""
-        if isinstance(exception, PipelineError):
-            return f"{type(exception).__name__}: {exception}"
-        return super().on_failure(exception)
+        """What the scheduler shows for a failure: the message alone for a user's error."""
+        return user_message(exception) or super().on_failure(exception)
 
     def data_params(self):
         """The shared parameters, to pass to an upstream task unchanged."""
@@ -179,11 +214,9 @@ class NormalizeImages(DataTask):
         return luigi.LocalTarget(str(Path(self.data_dir) / "processed" / self.dataset / "images.h5"))
 
     def run(self):
-        files, checksums = raw_files(self.input().path)
-        train = read_images_and_labels(files["train-images-idx3-ubyte.gz"], files["train-labels-idx1-ubyte.gz"])[0]
-        test = read_images_and_labels(files["t10k-images-idx3-ubyte.gz"], files["t10k-labels-idx1-ubyte.gz"])[0]
+        parts, checksums = load_raw_dataset(Path(self.input().path).parent)
         with self.output().temporary_path() as tmp:
-            processed.write_images(tmp, normalize_images(train), normalize_images(test),
+            processed.write_images(tmp, normalize_images(parts["train"][0]), normalize_images(parts["test"][0]),
                                    dataset=self.dataset, source_sha256=checksums)
 
 
@@ -200,20 +233,11 @@ class EncodeLabels(DataTask):
         return luigi.LocalTarget(str(Path(self.data_dir) / "processed" / self.dataset / "labels.h5"))
 
     def run(self):
-        files, checksums = raw_files(self.input().path)
-        train = read_images_and_labels(files["train-images-idx3-ubyte.gz"], files["train-labels-idx1-ubyte.gz"])[1]
-        test = read_images_and_labels(files["t10k-images-idx3-ubyte.gz"], files["t10k-labels-idx1-ubyte.gz"])[1]
+        parts, checksums = load_raw_dataset(Path(self.input().path).parent)
+        train, test = parts["train"][1], parts["test"][1]
         with self.output().temporary_path() as tmp:
             processed.write_labels(tmp, train, test, one_hot(train), one_hot(test),
                                    dataset=self.dataset, source_sha256=checksums)
-
-
-def raw_files(manifest_path):
-    """({file name: path}, {file name: sha256 of its content}) of a verified raw dataset."""
-    manifest = json.loads(Path(manifest_path).read_text())
-    directory = Path(manifest_path).parent
-    return ({name: directory / entry["stored_as"] for name, entry in manifest["files"].items()},
-            {name: entry["content_sha256"] for name, entry in manifest["files"].items()})
 
 
 class RunTask(DataTask):
@@ -224,23 +248,23 @@ class RunTask(DataTask):
         default="artifacts", significant=False, config_path=_from("paths", "artifacts_dir"),
         description="Root of the run directories and runs.csv.",
     )
-    hidden_size = luigi.IntParameter(
+    hidden_size = WholeNumberParameter(
         default=50, config_path=_from("training", "hidden_size"), description="Units in the hidden layer."
     )
-    batch_size = luigi.IntParameter(
+    batch_size = WholeNumberParameter(
         default=100, config_path=_from("training", "batch_size"), description="Images per mini-batch."
     )
-    learning_rate = luigi.FloatParameter(
+    learning_rate = NumberParameter(
         default=0.1, config_path=_from("training", "learning_rate"), description="SGD step size."
     )
-    iterations = luigi.IntParameter(
+    iterations = WholeNumberParameter(
         default=10000, config_path=_from("training", "iterations"), description="SGD steps in all."
     )
-    weight_init_std = luigi.FloatParameter(
+    weight_init_std = NumberParameter(
         default=0.01, config_path=_from("training", "weight_init_std"),
         description="Standard deviation of the initial weights.",
     )
-    seed = luigi.IntParameter(
+    seed = WholeNumberParameter(
         default=0, config_path=_from("training", "seed"), description="Seed of the run's random generator."
     )
     dtype = luigi.Parameter(
@@ -260,7 +284,7 @@ class RunTask(DataTask):
         super().__init__(*args, **kwargs)
         # Reject bad values when the task is built, before anything runs or is written.
         validate_dataset_name(self.dataset)
-        validate_hyperparameters(**self._hyperparameters_to_validate())
+        validate_hyperparameters(**self._hyperparameters_to_validate(), train_size=known_train_size(self.dataset))
         validate_run_date(self.date)
 
     def _hyperparameters_to_validate(self):
@@ -340,6 +364,15 @@ class TrainNetwork(RunTask):
         return luigi.LocalTarget(str(self.run_dir / "model.h5"))
 
     def run(self):
+        # Two processes asked for the same run (two cron jobs, two shells): the second
+        # waits for the first, then finds the model made and stops.
+        with exclusive_lock(self.run_dir / ".train.lock"):
+            if self.output().exists():
+                logger.info("%s: already trained by another process", self.run_id)
+                return
+            self.train()
+
+    def train(self):
         x_train, t_train, data_checksums = self.load_training_data()
         validate_hyperparameters(**self._hyperparameters_to_validate(), train_size=x_train.shape[0])
         write_json_atomically(self.run_dir / "params.json", {"run_id": self.run_id, **self.hyperparameters()})
@@ -413,6 +446,13 @@ class EvaluateNetwork(RunTask):
         return luigi.LocalTarget(str(self.run_dir / "report" / "metrics.json"))
 
     def run(self):
+        with exclusive_lock(self.run_dir / ".evaluate.lock"):
+            if self.output().exists():
+                logger.info("%s: already evaluated by another process", self.run_id)
+                return
+            self.evaluate()
+
+    def evaluate(self):
         images = processed.read_images(self.input()["images"].path)
         labels = processed.read_labels(self.input()["labels"].path)
         snapshots = [checkpoint.load_checkpoint(path)
@@ -444,8 +484,7 @@ _failures = []  # (task, message) of failures in this process, for build()
 
 @luigi.Task.event_handler(luigi.Event.FAILURE)
 def _remember_failure(task, exception):
-    message = str(exception) if isinstance(exception, PipelineError) else f"{type(exception).__name__}: {exception}"
-    _failures.append((task, message))
+    _failures.append((task, user_message(exception) or f"{type(exception).__name__}: {exception}"))
 
 
 def build(tasks, workers=1, scheduler_url=None):
@@ -485,8 +524,13 @@ def parameter_descriptions(task_class=None):
     """(name, kind, description) of every parameter of a task, EvaluateNetwork by default,
     for a command line that mirrors luigi's flags."""
     task_class = task_class or EvaluateNetwork
-    kinds = {luigi.IntParameter: int, luigi.FloatParameter: float}
-    return [(name, kinds.get(type(param), str), param.description or "")
+
+    def kind(param):
+        if isinstance(param, luigi.IntParameter):
+            return int
+        return float if isinstance(param, luigi.FloatParameter) else str
+
+    return [(name, kind(param), param.description or "")
             for name, param in task_class.get_params()
             if not isinstance(param, (luigi.ListParameter, luigi.DictParameter))]
 

@@ -54,7 +54,7 @@ def test_a_failing_run_exits_non_zero_with_a_one_line_reason(tmp_path):
     (tmp_path / "empty").mkdir()
     done = cli("run", "--dataset", "synthetic", "--source-dir", str(tmp_path / "empty"), *SMALL, cwd=tmp_path)
     assert done.returncode != 0
-    assert "mnist-pipeline: error: DownloadDataset failed: could not get a verified train-images-idx3-ubyte.gz" \
+    assert "mnist-pipeline: error: DownloadDataset failed: DownloadError: could not get a verified train-images-idx3-ubyte.gz" \
         in done.stderr
     assert "Traceback" not in done.stderr
 
