@@ -62,3 +62,9 @@ def exclusive_lock(path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def temporaries_of(path):
+    """Temporary files that atomic_path leaves beside `path` when its process is killed."""
+    path = Path(path)
+    return list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []

@@ -65,11 +65,7 @@ def save_checkpoint(path, *, params, iteration, epoch, losses, rng_state, hyperp
             raise CheckpointError(f"refusing to save {path}: {key} holds NaN or infinite values")
     losses = np.asarray(losses, dtype=np.float64)
     with atomic_path(path) as temporary, h5py.File(temporary, "w") as f:
-        group = f.create_group("params")
-        for key in PARAM_NAMES:
-            group.create_dataset(key, data=params[key])
-        f.create_dataset("losses", data=losses)
-        f.attrs.update({
+        _write_layout(f, params, losses, {
             "iteration": int(iteration),
             "epoch": float(epoch),
             "loss": float(losses[-1]) if iteration else float("nan"),
@@ -82,6 +78,14 @@ def save_checkpoint(path, *, params, iteration, epoch, losses, rng_state, hyperp
             "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "package_version": __version__,
         })
+
+
+def _write_layout(f, params, losses, attrs):
+    group = f.create_group("params")
+    for key in PARAM_NAMES:
+        group.create_dataset(key, data=params[key])
+    f.create_dataset("losses", data=losses)
+    f.attrs.update(attrs)
 
 
 def load_checkpoint(path):

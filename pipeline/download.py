@@ -149,6 +149,12 @@ def load_raw_dataset(raw_dir):
     return parts, checksums
 
 
+def staging_directories(dest_dir):
+    """Staging directories that fetch_dataset leaves beside dest_dir when killed."""
+    dest_dir = Path(dest_dir)
+    return list(dest_dir.parent.glob(f".{dest_dir.name}.*.partial")) if dest_dir.parent.is_dir() else []
+
+
 def fetch_dataset(dataset, dest_dir, *, source_dir=None, local_dirs=(), mirrors=(), checksums=None,
                   timeout=30.0, retries=3, backoff=1.0, progress=None):
     """Put the dataset's four files, verified, and MANIFEST.json into dest_dir; return the manifest.

@@ -11,6 +11,7 @@ import errno
 import itertools
 import json
 import logging
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -19,9 +20,9 @@ import luigi
 import numpy as np
 
 from pipeline import checkpoint, processed, report
-from pipeline.atomic import exclusive_lock, write_atomically
+from pipeline.atomic import atomic_path, exclusive_lock, temporaries_of, write_atomically
 from pipeline.download import (default_mirrors, fetch_dataset, known_train_size, load_raw_dataset,
-                               validate_dataset_name)
+                               staging_directories, validate_dataset_name)
 from pipeline.errors import CheckpointError, GradientCheckError, ParameterError, PipelineError
 from pipeline.evaluation import evaluate_epochs
 from pipeline.gradcheck import gradient_check_report
@@ -45,11 +46,15 @@ def user_message(error):
     """The one-line message for an error a user can act on, or None for a bug (whose
     traceback is then worth showing). Errors the pipeline raises on purpose, and the
     operating system's "disk full" or "not allowed" when writing, are of the first kind."""
-    if isinstance(error, PipelineError):
-        return f"{type(error).__name__}: {error}"
+    cause = error
+    while cause is not None and not isinstance(cause, PipelineError):
+        cause = cause.__cause__  # luigi re-raises a parameter's parse error from its own
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}"
     if isinstance(error, OSError) and error.errno in USER_ERRNOS:
-        return (f"cannot write: {error}; free some space or fix the permissions and rerun "
-                f"(files already written are intact)")
+        where = f" {error.filename}" if error.filename else ""
+        return (f"cannot write{where}: {os.strerror(error.errno)}; free some space or fix the permissions "
+                f"and rerun (files already written are intact)")
     return None
 
 
@@ -155,6 +160,34 @@ class DataTask(luigi.Task):
         default=None, significant=False,
         description="Accepted hashes per file name, replacing the known ones (for private mirrors and tests).",
     )
+    timeout = luigi.OptionalFloatParameter(
+        default=None, significant=False, description="Seconds before a silent mirror is given up; default [sources].",
+    )
+    retries = luigi.OptionalIntParameter(
+        default=None, significant=False, description="Tries per mirror for transient errors; default [sources].",
+    )
+
+    def run(self):
+        """Make the output, once: processes running this same task (two cron jobs, two
+        workers on a shared disk) take turns, and the second finds the output made."""
+        with exclusive_lock(Path(self.lock_root()) / ".locks" / f"{self.task_id}.lock"):
+            if self.complete():
+                logger.info("%s: made by another process meanwhile", self.task_id)
+                return
+            for leftover in self.leftovers():  # stale: only this task writes them, and we hold its lock
+                logger.info("removing %s, left by an interrupted run", leftover)
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            self.make()
+
+    def lock_root(self):
+        return self.data_dir
+
+    def leftovers(self):
+        """Temporary files of an earlier, killed run of this task."""
+        return temporaries_of(self.output().path)
+
+    def make(self):
+        raise NotImplementedError
 
     def on_failure(self, exception):
         """What the scheduler shows for a failure: the message alone for a user's error."""
@@ -178,14 +211,19 @@ class DownloadDataset(DataTask):
     def output(self):
         return luigi.LocalTarget(str(Path(self.data_dir) / "raw" / self.dataset / "MANIFEST.json"))
 
-    def run(self):
+    def leftovers(self):
+        return staging_directories(Path(self.output().path).parent)
+
+    def make(self):
         settings = sources()
         manifest = fetch_dataset(
             self.dataset, Path(self.output().path).parent,
             source_dir=self.source_dir,
             local_dirs=settings.local_dirs if self.local_dirs is None else self.local_dirs,
             mirrors=self.configured_mirrors() if self.mirrors is None else self.mirrors,
-            checksums=self.checksums, timeout=settings.timeout, retries=settings.retries,
+            checksums=self.checksums,
+            timeout=settings.timeout if self.timeout is None else self.timeout,
+            retries=settings.retries if self.retries is None else self.retries,
             progress=self.show_progress,
         )
         logger.info("%s: %d files verified (%s)", self.dataset, len(manifest["files"]), manifest["verified_with"])
@@ -213,9 +251,9 @@ class NormalizeImages(DataTask):
     def output(self):
         return luigi.LocalTarget(str(Path(self.data_dir) / "processed" / self.dataset / "images.h5"))
 
-    def run(self):
+    def make(self):
         parts, checksums = load_raw_dataset(Path(self.input().path).parent)
-        with self.output().temporary_path() as tmp:
+        with atomic_path(self.output().path) as tmp:
             processed.write_images(tmp, normalize_images(parts["train"][0]), normalize_images(parts["test"][0]),
                                    dataset=self.dataset, source_sha256=checksums)
 
@@ -232,10 +270,10 @@ class EncodeLabels(DataTask):
     def output(self):
         return luigi.LocalTarget(str(Path(self.data_dir) / "processed" / self.dataset / "labels.h5"))
 
-    def run(self):
+    def make(self):
         parts, checksums = load_raw_dataset(Path(self.input().path).parent)
         train, test = parts["train"][1], parts["test"][1]
-        with self.output().temporary_path() as tmp:
+        with atomic_path(self.output().path) as tmp:
             processed.write_labels(tmp, train, test, one_hot(train), one_hot(test),
                                    dataset=self.dataset, source_sha256=checksums)
 
@@ -291,6 +329,9 @@ class RunTask(DataTask):
         return {key: getattr(self, key) for key in (
             "hidden_size", "batch_size", "learning_rate", "iterations", "weight_init_std", "dtype", "sampling")}
 
+    def lock_root(self):
+        return self.artifacts_dir
+
     def run_params(self):
         """The shared and run parameters, to pass to an upstream run task unchanged."""
         return {name: getattr(self, name) for name, _ in RunTask.get_params()}
@@ -333,7 +374,7 @@ class CheckGradient(RunTask):
     def output(self):
         return luigi.LocalTarget(str(self.run_dir / "gradient_check.json"))
 
-    def run(self):
+    def make(self):
         images = processed.read_images(self.input()["images"].path)
         labels = processed.read_labels(self.input()["labels"].path)
         result = gradient_check_report(
@@ -363,16 +404,11 @@ class TrainNetwork(RunTask):
     def output(self):
         return luigi.LocalTarget(str(self.run_dir / "model.h5"))
 
-    def run(self):
-        # Two processes asked for the same run (two cron jobs, two shells): the second
-        # waits for the first, then finds the model made and stops.
-        with exclusive_lock(self.run_dir / ".train.lock"):
-            if self.output().exists():
-                logger.info("%s: already trained by another process", self.run_id)
-                return
-            self.train()
+    def leftovers(self):
+        checkpoints = self.run_dir / "checkpoints"
+        return super().leftovers() + (list(checkpoints.glob(".iter-*.h5.*.tmp")) if checkpoints.is_dir() else [])
 
-    def train(self):
+    def make(self):
         x_train, t_train, data_checksums = self.load_training_data()
         validate_hyperparameters(**self._hyperparameters_to_validate(), train_size=x_train.shape[0])
         write_json_atomically(self.run_dir / "params.json", {"run_id": self.run_id, **self.hyperparameters()})
@@ -393,7 +429,7 @@ class TrainNetwork(RunTask):
         train(network, x_train, t_train, batch_size=self.batch_size, learning_rate=self.learning_rate,
               iterations=self.iterations, sampling=self.sampling, rng=rng,
               start_iteration=start, losses=losses, on_checkpoint=save)
-        with self.output().temporary_path() as tmp:
+        with atomic_path(self.output().path) as tmp:
             shutil.copyfile(checkpoint.checkpoint_path(checkpoints, self.iterations), tmp)
 
     def load_training_data(self):
@@ -445,14 +481,11 @@ class EvaluateNetwork(RunTask):
     def output(self):
         return luigi.LocalTarget(str(self.run_dir / "report" / "metrics.json"))
 
-    def run(self):
-        with exclusive_lock(self.run_dir / ".evaluate.lock"):
-            if self.output().exists():
-                logger.info("%s: already evaluated by another process", self.run_id)
-                return
-            self.evaluate()
+    def leftovers(self):
+        report_dir = self.run_dir / "report"
+        return list(report_dir.glob(".*.tmp")) if report_dir.is_dir() else []
 
-    def evaluate(self):
+    def make(self):
         images = processed.read_images(self.input()["images"].path)
         labels = processed.read_labels(self.input()["labels"].path)
         snapshots = [checkpoint.load_checkpoint(path)
@@ -567,7 +600,7 @@ class Sweep(RunTask):
     def output(self):
         return luigi.LocalTarget(str(Path(self.artifacts_dir) / self.dataset / "sweeps" / self.sweep_id / "summary.csv"))
 
-    def run(self):
+    def make(self):
         metrics = [json.loads(Path(target.path).read_text()) for target in self.input()]
         rows = write_sweep_summary(Path(self.output().path).parent, self.sweep_id, metrics)
         logger.info("%s: %d runs; best %s with test accuracy %.4f", self.sweep_id, len(rows),

@@ -43,16 +43,17 @@ def validate_hyperparameters(hidden_size, batch_size, learning_rate, iterations,
         (dtype in DTYPES, "dtype", dtype, " or ".join(DTYPES)),
         (sampling in SAMPLINGS, "sampling", sampling, " or ".join(SAMPLINGS)),
     ]
-    if train_size is not None:
-        checks += [
-            (batch_size <= train_size, "batch_size", batch_size, f"at most the {train_size} training images"),
-            (iterations >= iterations_per_epoch(train_size, batch_size), "iterations", iterations,
-             f"at least one epoch ({iterations_per_epoch(train_size, batch_size)} iterations of "
-             f"batch {batch_size} over {train_size} images)"),
-        ]
     for ok, name, value, allowed in checks:
         if not ok:
             raise ParameterError(f"invalid {name}={value!r}: must be {allowed}")
+    if train_size is None:
+        return
+    if batch_size > train_size:
+        raise ParameterError(f"invalid batch_size={batch_size}: must be at most the {train_size} training images")
+    per_epoch = iterations_per_epoch(train_size, batch_size)
+    if iterations < per_epoch:
+        raise ParameterError(f"invalid iterations={iterations}: must be at least one epoch ({per_epoch} iterations "
+                             f"of batch {batch_size} over {train_size} images)")
 
 
 def train(network, x_train, t_train, *, batch_size, learning_rate, iterations, sampling, rng,
