@@ -11,6 +11,7 @@ import errno
 import itertools
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import warnings
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import luigi
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from pipeline import checkpoint, processed, report
 from pipeline.atomic import atomic_path, exclusive_lock, temporaries_of, write_atomically
@@ -317,6 +319,22 @@ class RunTask(DataTask):
         description="A date (YYYY-MM-DD) that becomes part of the run's identity: a scheduled job's "
                     "fresh run per day. Unset: runs are identified by their hyperparameters alone.",
     )
+    blas_threads = luigi.OptionalIntParameter(
+        default=None, significant=False, config_path=_from("training", "blas_threads"),
+        description="Threads of the matrix library in training and evaluation. Default: 1 in a worker "
+                    "process of --workers N (so N trainings do not fight over the cores), else all cores. "
+                    "The bits of a result depend on it: resume with the same value.",
+    )
+
+    def run(self):
+        with threadpool_limits(self.effective_blas_threads(), user_api="blas"):
+            super().run()
+
+    def effective_blas_threads(self):
+        if self.blas_threads is not None:
+            return self.blas_threads
+        in_worker_process = multiprocessing.current_process().name != "MainProcess"
+        return 1 if in_worker_process else None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
