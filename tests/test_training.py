@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ParameterError, TrainingError
-from pipeline.evaluation import confusion_matrix, evaluate
+from pipeline.evaluation import confusion_matrix, evaluate, evaluate_many
 from pipeline.network import PARAM_NAMES, TwoLayerNet
 from pipeline.training import checkpoint_iterations, iterations_per_epoch, train, validate_hyperparameters
 
@@ -154,3 +154,16 @@ def test_uint8_pixels_train_bit_identically_to_normalized_floats():
         train(b, pixels, labels, sampling="shuffle", rng=np.random.default_rng(1), **SGD)
         for key in PARAM_NAMES:
             assert a.params[key].tobytes() == b.params[key].tobytes()
+
+
+def test_evaluating_many_networks_at_once_matches_one_at_a_time():
+    x, _, labels = blobs(700, 3)
+    nets = [fresh(seed) for seed in range(5)]
+    for k, net in enumerate(nets[1:], 1):
+        train(net, x, labels, batch_size=50, learning_rate=0.3, iterations=10 * k, sampling="shuffle",
+              rng=np.random.default_rng(k))
+    together = evaluate_many([n.params for n in nets], x, labels, chunk_size=256, max_columns=45)  # groups of 2
+    for net, (accuracy, loss, predictions) in zip(nets, together):
+        alone = evaluate(net.params, x, labels, chunk_size=256)
+        assert accuracy == alone[0] and np.array_equal(predictions, alone[2])
+        assert loss == pytest.approx(alone[1], rel=1e-6)
