@@ -3,7 +3,6 @@
 import numpy as np
 
 from pipeline.functions import sigmoid, softmax, to_indices
-from pipeline.network import TwoLayerNet
 
 
 def evaluate(params, x, t, chunk_size=10000):
@@ -14,20 +13,7 @@ def evaluate(params, x, t, chunk_size=10000):
     bounded by the chunk, not the dataset.
     Returns (accuracy, mean_loss, predictions (n,) int).
     """
-    network = TwoLayerNet.from_params(params)
-    n_classes = params["b2"].size
-    labels = to_indices(t, n_classes)
-    n = x.shape[0]
-    predictions = np.empty(n, dtype=np.intp)
-    loss_sum = 0.0
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
-        y = network.predict(x[start:stop])
-        predictions[start:stop] = np.argmax(y, axis=1)
-        # the same 1e-7 as cross_entropy_error, summed here and divided once by n below
-        loss_sum += -float(np.sum(np.log(y[np.arange(stop - start), labels[start:stop]] + 1e-7), dtype=np.float64))
-    accuracy = float(np.count_nonzero(predictions == labels)) / n
-    return accuracy, loss_sum / n, predictions
+    return evaluate_many([params], x, t, chunk_size)[0]
 
 
 def confusion_matrix(labels, predictions, n_classes=10):
