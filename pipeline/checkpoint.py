@@ -28,7 +28,9 @@ from pipeline.errors import CheckpointError
 from pipeline.network import PARAM_NAMES
 
 FORMAT_VERSION = 1
-NAME = re.compile(r"^iter-(\d{8})\.h5$")
+NAME = re.compile(r"^iter-(\d{8,})\.h5$")  # 8 digits, more past iteration 99,999,999
+REQUIRED_ATTRS = ("iteration", "epoch", "rng_state", "hyperparameters", "run_id", "format_version")
+FIX = "delete it and rerun the training command to recreate it"
 
 logger = logging.getLogger("pipeline")
 
@@ -59,20 +61,33 @@ def checkpoint_path(checkpoint_dir, iteration):
 
 def save_checkpoint(path, *, params, iteration, epoch, losses, rng_state, hyperparameters, dataset,
                     data_checksums, run_id):
-    """Write one checkpoint atomically. Refuses (CheckpointError) weights holding NaN or inf."""
+    """Write one checkpoint atomically.
+
+    params: W1 (input, hidden), b1 (hidden,), W2 (hidden, classes), b2 (classes,), stored in
+    their own dtype. losses: (iteration,) mini-batch losses of iterations 1..iteration.
+    rng_state: `generator.bit_generator.state`; numpy arrays in it (MT19937, Philox) are
+    stored as lists, which numpy accepts back. Refuses (CheckpointError), before writing
+    anything, weights holding NaN or inf and a loss history whose length is not iteration.
+    """
     for key in PARAM_NAMES:
+        if key not in params:
+            raise CheckpointError(f"refusing to save {path}: params lack {key}")
         if not np.all(np.isfinite(params[key])):
             raise CheckpointError(f"refusing to save {path}: {key} holds NaN or infinite values")
     losses = np.asarray(losses, dtype=np.float64)
+    if losses.shape != (iteration,):
+        # resuming continues this history, so a wrong length would corrupt every later report
+        raise CheckpointError(f"refusing to save {path}: {losses.shape[0] if losses.ndim else 0} losses "
+                              f"for iteration {iteration}")
     with atomic_path(path) as temporary, h5py.File(temporary, "w") as f:
         _write_layout(f, params, losses, {
             "iteration": int(iteration),
             "epoch": float(epoch),
             "loss": float(losses[-1]) if iteration else float("nan"),
             "dataset": dataset,
-            "data_checksums": json.dumps(data_checksums, sort_keys=True),
-            "hyperparameters": json.dumps(hyperparameters, sort_keys=True),
-            "rng_state": json.dumps(rng_state),
+            "data_checksums": _json(data_checksums),
+            "hyperparameters": _json(hyperparameters),
+            "rng_state": _json(rng_state),
             "run_id": run_id,
             "format_version": FORMAT_VERSION,
             "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -89,39 +104,59 @@ def _write_layout(f, params, losses, attrs):
 
 
 def load_checkpoint(path):
-    """The Checkpoint in `path`; CheckpointError naming the file and the fix when it is
-    missing, not HDF5, truncated, or lacks part of the layout."""
+    """The Checkpoint in `path`; CheckpointError naming the file, what is wrong (missing,
+    not HDF5, truncated, part of the layout missing or inconsistent, a newer format) and
+    what to do."""
     path = Path(path)
-    fix = "delete it and rerun the training command to recreate it"
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         with h5py.File(path, "r") as f:
-            version = int(f.attrs.get("format_version", -1))
-            if version > FORMAT_VERSION:
-                raise CheckpointError(f"{path} has format version {version}, newer than this package reads "
-                                      f"({FORMAT_VERSION}): upgrade mnist-pipeline")
-            missing = [name for name in [f"params/{k}" for k in PARAM_NAMES] + ["losses"] if name not in f]
-            missing += [name for name in ("iteration", "epoch", "rng_state", "hyperparameters", "run_id")
-                        if name not in f.attrs]
-            if missing:
-                raise CheckpointError(f"{path} is not a complete checkpoint (missing {', '.join(missing)}): {fix}")
+            _check_layout(path, f)
             attrs = {key: _plain(value) for key, value in f.attrs.items()}
             params = {key: f["params"][key][()] for key in PARAM_NAMES}
             losses = f["losses"][()]
+        loaded = Checkpoint(
+            path=path, params=params, iteration=int(attrs["iteration"]), epoch=float(attrs["epoch"]),
+            loss=float(attrs.get("loss", float("nan"))), losses=losses,
+            rng_state=json.loads(attrs["rng_state"]), hyperparameters=json.loads(attrs["hyperparameters"]),
+            dataset=attrs.get("dataset", ""), data_checksums=json.loads(attrs.get("data_checksums", "{}")),
+            run_id=attrs["run_id"], created_at=attrs.get("created_at", ""),
+            format_version=int(attrs["format_version"]), package_version=attrs.get("package_version", ""),
+            attrs=attrs,
+        )
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError) as error:
-        raise CheckpointError(f"{path} is not a readable HDF5 checkpoint ({error}): {fix}") from None
-    return Checkpoint(
-        path=path, params=params, iteration=int(attrs["iteration"]), epoch=float(attrs["epoch"]),
-        loss=float(attrs.get("loss", float("nan"))), losses=losses,
-        rng_state=json.loads(attrs["rng_state"]), hyperparameters=json.loads(attrs["hyperparameters"]),
-        dataset=attrs.get("dataset", ""), data_checksums=json.loads(attrs.get("data_checksums", "{}")),
-        run_id=attrs["run_id"], created_at=attrs.get("created_at", ""),
-        format_version=int(attrs["format_version"]), package_version=attrs.get("package_version", ""),
-        attrs=attrs,
-    )
+    except (OSError, KeyError, ValueError, TypeError) as error:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path} is not a readable HDF5 checkpoint ({error}): {FIX}") from None
+    _check_consistent(loaded)
+    return loaded
+
+
+def _check_layout(path, f):
+    version = f.attrs.get("format_version")
+    if version is not None and int(version) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {int(version)}, newer than this package reads "
+                              f"({FORMAT_VERSION}): upgrade mnist-pipeline, or {FIX}")
+    missing = [name for name in [f"params/{k}" for k in PARAM_NAMES] + ["losses"]
+               if not isinstance(f.get(name), h5py.Dataset)]
+    missing += [name for name in REQUIRED_ATTRS if name not in f.attrs]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete checkpoint (missing {', '.join(missing)}): {FIX}")
+
+
+def _check_consistent(c):
+    """Shapes that fit together; resuming from anything else would fail later, far from the cause."""
+    W1, b1, W2, b2 = (c.params[k] for k in PARAM_NAMES)
+    problems = []
+    fits = W1.ndim == 2 and W2.ndim == 2 and b1.shape == (W1.shape[1],) == (W2.shape[0],) \
+        and b2.shape == (W2.shape[1],)
+    if not fits:
+        problems.append(f"shapes W1 {W1.shape}, b1 {b1.shape}, W2 {W2.shape}, b2 {b2.shape} do not fit together")
+    if c.losses.shape != (c.iteration,):
+        problems.append(f"{c.losses.shape[0] if c.losses.ndim else 0} losses for iteration {c.iteration}")
+    if problems:
+        raise CheckpointError(f"{c.path} is inconsistent ({'; '.join(problems)}): {FIX}")
 
 
 def list_checkpoints(checkpoint_dir):
@@ -129,7 +164,8 @@ def list_checkpoints(checkpoint_dir):
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         return []
-    return sorted(p for p in checkpoint_dir.iterdir() if NAME.match(p.name))
+    named = [(int(match.group(1)), p) for p in checkpoint_dir.iterdir() if (match := NAME.match(p.name))]
+    return [p for _, p in sorted(named)]
 
 
 def latest_checkpoint(checkpoint_dir):
@@ -171,6 +207,16 @@ def describe_h5(path):
     except OSError as error:
         raise CheckpointError(f"{path} is not an HDF5 file ({error})") from None
     return "\n".join(lines)
+
+
+def _json(obj):
+    """JSON text of obj; numpy arrays and scalars (bit generator states, hyperparameters taken
+    from numpy) become lists and plain numbers. Python ints keep every digit (PCG64's are 128-bit)."""
+    def plain(value):
+        if isinstance(value, (np.ndarray, np.generic)):
+            return value.tolist()
+        raise TypeError(f"{type(value).__name__} cannot be stored as JSON")
+    return json.dumps(obj, sort_keys=True, default=plain)
 
 
 def _plain(value):

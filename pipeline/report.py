@@ -30,15 +30,27 @@ def per_class_accuracy(confusion):
 
 
 def build_metrics(*, run_id, dataset, hyperparameters, data_checksums, epochs, confusion, class_names=None):
-    """The content of metrics.json, all figures taken from the arguments."""
+    """The content of metrics.json, all figures taken from the arguments.
+
+    epochs: rows with the keys of EPOCH_COLUMNS, oldest first; the last is the final model.
+    confusion: (classes, classes) counts, rows the true class, columns the predicted one.
+    Numbers become plain int/float (numpy scalars are not JSON); ValueError on rows that
+    lack a key, no rows, a non-square matrix, or class_names of the wrong length.
+    """
+    rows = [_epoch_row(k, row) for k, row in enumerate(epochs)]
+    if not rows:
+        raise ValueError("no epochs to report: evaluate at least one checkpoint")
     confusion = np.asarray(confusion)
-    names = list(class_names) if class_names else [str(k) for k in range(confusion.shape[0])]
-    final = epochs[-1]
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"confusion matrix must be square, got shape {confusion.shape}")
+    names = [str(name) for name in class_names] if class_names else [str(k) for k in range(confusion.shape[0])]
+    if len(names) != confusion.shape[0]:
+        raise ValueError(f"{len(names)} class names for a {confusion.shape[0]}-class confusion matrix")
     return {
         "run_id": run_id,
         "dataset": dataset,
-        "final": {key: final[key] for key in EPOCH_COLUMNS},
-        "epochs": [{key: row[key] for key in EPOCH_COLUMNS} for row in epochs],
+        "final": dict(rows[-1]),
+        "epochs": rows,
         "per_class_accuracy": dict(zip(names, per_class_accuracy(confusion))),
         "confusion_matrix": confusion.astype(int).tolist(),
         "hyperparameters": hyperparameters,
@@ -50,12 +62,20 @@ def build_metrics(*, run_id, dataset, hyperparameters, data_checksums, epochs, c
 
 def write_report(report_dir, *, run_id, dataset, hyperparameters, data_checksums, epochs, minibatch_losses,
                  confusion, class_names=None):
-    """Write the five report files into report_dir; returns the metrics dict."""
+    """Write the five report files into report_dir; returns the metrics dict.
+
+    minibatch_losses: (iterations,) float, the loss of every training iteration, for loss.png.
+    The inputs are checked before any file is touched (see build_metrics).
+    """
     report_dir = Path(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
     metrics = build_metrics(run_id=run_id, dataset=dataset, hyperparameters=hyperparameters,
                             data_checksums=data_checksums, epochs=epochs, confusion=confusion,
                             class_names=class_names)
+    epochs = metrics["epochs"]
+    report_dir.mkdir(parents=True, exist_ok=True)
+    # metrics.json marks the report complete: drop an old one first, so that a rewrite that
+    # fails half way never leaves the marker vouching for a mix of old and new files
+    (report_dir / "metrics.json").unlink(missing_ok=True)
     write_atomically(report_dir / "accuracy.csv", _epochs_csv(epochs))
     write_atomically(report_dir / "accuracy.png", _accuracy_plot(epochs, run_id))
     write_atomically(report_dir / "loss.png", _loss_plot(np.asarray(minibatch_losses), epochs, run_id))
@@ -91,6 +111,13 @@ def read_runs(runs_csv):
         return []
     with open(runs_csv, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def _epoch_row(index, row):
+    try:
+        return {key: int(row[key]) if key == "iteration" else float(row[key]) for key in EPOCH_COLUMNS}
+    except KeyError as error:
+        raise ValueError(f"epoch row {index} lacks {error}; rows need {', '.join(EPOCH_COLUMNS)}") from None
 
 
 def _now():

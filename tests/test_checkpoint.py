@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 
 import h5py
 import numpy as np
@@ -47,6 +48,29 @@ def test_a_restored_generator_continues_the_same_stream(tmp_path):
     assert np.array_equal(restored.integers(0, 60000, size=1000), expected)
 
 
+def test_the_rng_state_roundtrips_exactly_with_its_128_bit_integers(tmp_path):
+    params = TwoLayerNet(784, 20, 10, rng=np.random.default_rng(0)).params
+    rng = np.random.default_rng(7)
+    rng.integers(0, 10, size=1)  # leaves half of a 64-bit draw buffered: has_uint32 and uinteger must survive
+    state = rng.bit_generator.state
+    assert state["has_uint32"] == 1
+    save(tmp_path / "c.h5", rng=rng, params=params)
+    loaded = checkpoint.load_checkpoint(tmp_path / "c.h5").rng_state
+    assert loaded == state
+    assert max(state["state"]["state"], state["state"]["inc"]) > 2 ** 64  # more than a float or int64 holds
+
+
+@pytest.mark.parametrize("bit_generator", ["PCG64DXSM", "MT19937", "Philox", "SFC64"])
+def test_states_holding_numpy_arrays_are_stored_and_restore_the_stream(tmp_path, bit_generator):
+    rng = np.random.Generator(getattr(np.random, bit_generator)(11))
+    rng.random(5)
+    save(tmp_path / "c.h5", rng=rng)
+    expected = rng.random(100)
+    restored = np.random.Generator(getattr(np.random, bit_generator)())
+    restored.bit_generator.state = checkpoint.load_checkpoint(tmp_path / "c.h5").rng_state
+    assert np.array_equal(restored.random(100), expected)
+
+
 def test_plain_h5py_reads_the_layout(tmp_path):
     save(tmp_path / "c.h5")
     with h5py.File(tmp_path / "c.h5", "r") as f:
@@ -57,6 +81,26 @@ def test_plain_h5py_reads_the_layout(tmp_path):
         assert json.loads(f.attrs["data_checksums"]) == {"a.gz": "00ff"}
         for name in ("rng_state", "format_version", "created_at", "package_version", "dataset", "epoch", "loss"):
             assert name in f.attrs
+
+
+def test_numpy_scalars_in_hyperparameters_are_stored_as_plain_json(tmp_path):
+    rng = np.random.default_rng(0)
+    checkpoint.save_checkpoint(tmp_path / "c.h5", params=TwoLayerNet(784, 5, 10, rng=rng).params, iteration=0,
+                               epoch=0.0, losses=[], rng_state=rng.bit_generator.state,
+                               hyperparameters={"learning_rate": np.float32(0.5), "seed": np.int64(3)},
+                               dataset="synthetic", data_checksums={}, run_id="r")
+    loaded = checkpoint.load_checkpoint(tmp_path / "c.h5")
+    assert loaded.hyperparameters == {"learning_rate": 0.5, "seed": 3}
+    assert loaded.iteration == 0 and np.isnan(loaded.loss) and loaded.losses.shape == (0,)
+
+
+def test_a_loss_history_of_the_wrong_length_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    with pytest.raises(CheckpointError, match="refusing to save .*c\\.h5: 599 losses for iteration 600"):
+        checkpoint.save_checkpoint(tmp_path / "c.h5", params=TwoLayerNet(784, 5, 10, rng=rng).params, iteration=600,
+                                   epoch=1.0, losses=np.ones(599), rng_state=rng.bit_generator.state,
+                                   hyperparameters={}, dataset="synthetic", data_checksums={}, run_id="r")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_nan_weights_are_refused_and_nothing_is_written(tmp_path):
@@ -73,6 +117,16 @@ def test_a_failure_mid_write_leaves_no_file_and_no_temporary(tmp_path, monkeypat
 
     monkeypatch.setattr(h5py.Group, "create_dataset", fail)
     with pytest.raises(OSError, match="No space left"):
+        save(tmp_path / "c.h5")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_rename_leaves_no_file_and_no_temporary(tmp_path, monkeypatch):
+    def fail(source, target):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="Input/output"):
         save(tmp_path / "c.h5")
     assert list(tmp_path.iterdir()) == []
 
@@ -100,15 +154,64 @@ def test_damaged_files_are_named_with_the_fix(tmp_path, damage, message):
         checkpoint.load_checkpoint(path)
 
 
-def test_a_file_missing_part_of_the_layout_is_named(tmp_path):
+@pytest.mark.parametrize("fraction", [0.05, 0.25, 0.5, 0.75, 0.99])
+def test_a_file_truncated_anywhere_is_a_checkpoint_error(tmp_path, fraction):
+    path = tmp_path / "c.h5"
+    save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * fraction)])
+    with pytest.raises(CheckpointError, match=r"c\.h5 .*delete it and rerun"):
+        checkpoint.load_checkpoint(path)
+
+
+def _replace_with_group(f, name):
+    del f[name]
+    f.create_group(name)
+
+
+def _replace_dataset(f, name, data):
+    del f[name]
+    f.create_dataset(name, data=data)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: f.__delitem__("params/W2"), r"is not a complete checkpoint \(missing params/W2\)"),
+    (lambda f: f.attrs.__delitem__("format_version"), r"is not a complete checkpoint \(missing format_version\)"),
+    (lambda f: _replace_with_group(f, "losses"), r"is not a complete checkpoint \(missing losses\)"),
+    (lambda f: f.attrs.__setitem__("rng_state", "{not json"), r"is not a readable HDF5 checkpoint"),
+    (lambda f: _replace_dataset(f, "losses", np.ones(10)), r"is inconsistent \(10 losses for iteration 600\)"),
+    (lambda f: _replace_dataset(f, "params/b1", np.zeros(7)), r"is inconsistent \(shapes W1 \(784, 20\), b1 \(7,\)"),
+])
+def test_a_file_missing_or_mismatching_part_of_the_layout_is_named(tmp_path, damage, message):
     path = tmp_path / "c.h5"
     save(path)
     with h5py.File(path, "a") as f:
-        del f["params/W2"]
-    with pytest.raises(CheckpointError, match=r"c\.h5 is not a complete checkpoint \(missing params/W2\)"):
+        damage(f)
+    with pytest.raises(CheckpointError, match=rf"c\.h5 {message}.*delete it and rerun"):
         checkpoint.load_checkpoint(path)
-    with pytest.raises(CheckpointError, match="no such checkpoint"):
-        checkpoint.load_checkpoint(tmp_path / "absent.h5")
+
+
+def test_a_missing_file_is_named():
+    with pytest.raises(CheckpointError, match=r"absent\.h5: no such checkpoint"):
+        checkpoint.load_checkpoint("/nonexistent/absent.h5")
+
+
+def test_a_newer_format_version_says_to_upgrade(tmp_path):
+    path = tmp_path / "c.h5"
+    save(path)
+    with h5py.File(path, "a") as f:
+        f.attrs["format_version"] = checkpoint.FORMAT_VERSION + 1
+    with pytest.raises(CheckpointError, match=r"c\.h5 has format version 2, newer than .* upgrade mnist-pipeline"):
+        checkpoint.load_checkpoint(path)
+
+
+def test_checkpoints_are_listed_in_numeric_order_past_eight_digits(tmp_path):
+    for iteration in (100_000_000, 600, 99_999_999):
+        checkpoint.checkpoint_path(tmp_path, iteration).write_bytes(b"")
+    (tmp_path / "iter-600.h5").write_bytes(b"")  # not our name: ignored
+    (tmp_path / "model.h5").write_bytes(b"")
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
+        "iter-00000600.h5", "iter-99999999.h5", "iter-100000000.h5"]
 
 
 def test_latest_skips_a_damaged_newest_checkpoint_with_a_warning(tmp_path, caplog):

@@ -19,14 +19,19 @@ EPOCHS = [
 CONFUSION = np.diag([90, 80, 70, 60, 50, 40, 30, 20, 10, 0]) + np.eye(10, k=1, dtype=int) * 10
 
 
+LOSSES = 2.3 * np.exp(-np.arange(900) / 300) + 0.1
+
+
+def write(directory, **changes):
+    arguments = dict(run_id="h50-test", dataset="synthetic", hyperparameters={"hidden_size": 50, "learning_rate": 0.1},
+                     data_checksums={"t10k-images-idx3-ubyte.gz": "abc"}, epochs=EPOCHS, minibatch_losses=LOSSES,
+                     confusion=CONFUSION)
+    return report.write_report(directory, **{**arguments, **changes})
+
+
 @pytest.fixture
 def written(tmp_path):
-    losses = 2.3 * np.exp(-np.arange(900) / 300) + 0.1
-    metrics = report.write_report(tmp_path / "report", run_id="h50-test", dataset="synthetic",
-                                  hyperparameters={"hidden_size": 50, "learning_rate": 0.1},
-                                  data_checksums={"t10k-images-idx3-ubyte.gz": "abc"}, epochs=EPOCHS,
-                                  minibatch_losses=losses, confusion=CONFUSION)
-    return tmp_path / "report", metrics
+    return tmp_path / "report", write(tmp_path / "report")
 
 
 def test_metrics_json_holds_the_given_figures(written):
@@ -80,6 +85,44 @@ def test_no_temporary_files_are_left(written):
         "accuracy.csv", "accuracy.png", "loss.png", "metrics.json", "report.md"]
 
 
+def test_numpy_scalars_in_the_rows_are_written_as_plain_numbers(tmp_path):
+    rows = [{key: (np.int64(value) if key == "iteration" else np.float32(value)) for key, value in row.items()}
+            for row in EPOCHS]
+    write(tmp_path, epochs=rows)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["final"]["iteration"] == 900 and isinstance(metrics["final"]["iteration"], int)
+    assert metrics["final"]["test_accuracy"] == pytest.approx(0.8512)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"epochs": []}, "no epochs to report"),
+    ({"epochs": [{"epoch": 1.0, "iteration": 600}]}, "epoch row 0 lacks 'train_accuracy'"),
+    ({"confusion": np.ones((10, 9), dtype=int)}, r"must be square, got shape \(10, 9\)"),
+    ({"class_names": ["shirt", "shoe"]}, "2 class names for a 10-class confusion matrix"),
+])
+def test_bad_inputs_are_refused_before_any_file_is_written(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        write(tmp_path / "report", **changes)
+    assert not (tmp_path / "report").exists()
+
+
+def test_class_names_label_the_per_class_figures(tmp_path):
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    metrics = write(tmp_path, class_names=names)
+    assert list(metrics["per_class_accuracy"]) == names
+    assert metrics["per_class_accuracy"]["Trouser"] == pytest.approx(80 / 90)
+    assert "| Trouser | 0.8889 |" in (tmp_path / "report.md").read_text()
+
+
+def test_a_rewrite_that_fails_half_way_leaves_no_completion_marker(tmp_path, monkeypatch):
+    write(tmp_path)
+    monkeypatch.setattr(report, "_loss_plot", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
+    with pytest.raises(OSError):
+        write(tmp_path, epochs=EPOCHS[:2])
+    assert not (tmp_path / "metrics.json").exists()  # Luigi must not take the mixed files for a report
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def _append_many(path, prefix, count):
     for k in range(count):
         report.append_run(path, {"run_id": f"{prefix}-{k}", "dataset": "synthetic", "test_accuracy": k / 100})
@@ -88,16 +131,23 @@ def _append_many(path, prefix, count):
 def test_runs_csv_keeps_every_row_under_two_concurrent_writer_processes(tmp_path):
     path = tmp_path / "runs.csv"
     context = multiprocessing.get_context("fork")
-    writers = [context.Process(target=_append_many, args=(path, prefix, 60)) for prefix in ("a", "b")]
+    writers = [context.Process(target=_append_many, args=(path, prefix, 50)) for prefix in ("a", "b")]
     for w in writers:
         w.start()
     for w in writers:
         w.join(60)
         assert w.exitcode == 0
+    with open(path, newline="") as f:
+        records = list(csv.reader(f))
+    assert records[0] == list(report.RUN_COLUMNS)  # one header, then only data rows of full width
+    assert len(records) == 101 and all(len(r) == len(report.RUN_COLUMNS) for r in records)
     rows = report.read_runs(path)
-    assert len(rows) == 120
-    assert {r["run_id"] for r in rows} == {f"{p}-{k}" for p in "ab" for k in range(60)}
+    assert sorted(r["run_id"] for r in rows) == sorted(f"{p}-{k}" for p in "ab" for k in range(50))
     assert all(r["dataset"] == "synthetic" and r["finished_at"] for r in rows)
+    # each writer's rows keep its own order: every append saw the rows written before it
+    for prefix in "ab":
+        assert [r["run_id"] for r in rows if r["run_id"].startswith(prefix)] == [f"{prefix}-{k}" for k in range(50)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.csv", "runs.csv.lock"]
 
 
 def test_a_rerun_replaces_its_row(tmp_path):
