@@ -21,9 +21,9 @@ def atomic_path(path):
     try:
         yield temporary
         os.chmod(temporary, 0o666 & ~_umask())
-        _fsync(temporary)
+        fsync_path(temporary)
         os.replace(temporary, path)
-        _fsync(path.parent)
+        fsync_path(path.parent)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -41,7 +41,8 @@ def _umask():
     return current
 
 
-def _fsync(path):
+def fsync_path(path):
+    """Flush a file's data, or a directory's entries, to disk."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)

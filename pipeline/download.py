@@ -28,8 +28,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.atomic import fsync_path
 from pipeline.errors import DataError, DownloadError, ParameterError
-from pipeline.idx import GZIP_MAGIC, check_pair, decompress, parse_idx
+from pipeline.idx import GZIP_MAGIC, IMAGES_MAGIC, LABELS_MAGIC, check_pair, decompress, parse_idx
 
 logger = logging.getLogger("pipeline")
 
@@ -86,6 +87,8 @@ KNOWN_DATASETS = {
 
 DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 CHUNK = 1 << 16
+IMAGE_SHAPE = (28, 28)  # the network's 784 inputs
+N_CLASSES = 10
 
 
 def validate_dataset_name(name):
@@ -191,6 +194,7 @@ def fetch_dataset(dataset, dest_dir, *, source_dir=None, local_dirs=(), mirrors=
             "verified_with": "known checksums" if accepted is not None else "IDX structure only (custom dataset)",
             "files": entries,
         }
+        _check_counts(entries)
         _install(staging, dest_dir, manifest)
         return manifest
     finally:
@@ -207,11 +211,15 @@ def _accepted_hashes(dataset, checksums):
 
 
 def _sources(dataset, source_dir, local_dirs, mirrors):
-    """[(kind, location)] in the order they are tried; custom datasets get no mirrors."""
+    """[(kind, location)] in the order they are tried. A custom dataset gets no mirrors:
+    nothing vouches for what a server would send under a name we do not know."""
     sources = [("dir", Path(source_dir))] if source_dir else []
     sources += [("dir", Path(str(d).format(dataset=dataset))) for d in local_dirs]
-    if is_known(dataset) or mirrors:
+    if is_known(dataset):
         sources += [("url", str(m).rstrip("/") + "/") for m in mirrors]
+    elif mirrors:
+        logger.warning("%s is a custom dataset: it is only taken from local directories, so the mirrors %s "
+                       "are not tried", dataset, ", ".join(map(str, mirrors)))
     return sources
 
 
@@ -235,7 +243,8 @@ def _fetch_file(name, sources, accepted, staging, timeout, retries, backoff, pro
             else:
                 path = staging / (name + ".download")
                 _download(where, path, timeout, retries, backoff, progress)
-            entry = _verify(path.read_bytes(), name, accepted)
+            raw = path.read_bytes()
+            entry = _verify(raw, name, accepted)
         except MirrorDown as error:
             unreachable[location] = str(error)
             failures.append(f"{where}: {error}")
@@ -243,10 +252,11 @@ def _fetch_file(name, sources, accepted, staging, timeout, retries, backoff, pro
             failures.append(f"{where}: {error}")
         else:
             stored_as = name if entry["gzipped"] else name[:-len(".gz")]
-            if kind == "dir":
-                shutil.copyfile(path, staging / stored_as)
-            else:
-                os.replace(path, staging / stored_as)
+            # Store the very bytes that were hashed: a local file rewritten meanwhile cannot slip in.
+            (staging / stored_as).write_bytes(raw)
+            fsync_path(staging / stored_as)
+            if kind == "url":
+                path.unlink()
             logger.info("%s: verified (%s) from %s", name, entry["verified_by"], path if kind == "dir" else where)
             return {**entry, "stored_as": stored_as, "source": str(path) if kind == "dir" else where,
                     "fetched_at": _now()}
@@ -294,17 +304,19 @@ def _download(url, path, timeout, retries, backoff, progress):
 
 
 def _get(url, path, timeout, progress):
+    """One GET of url into path. The body must start with the gzip magic: an error page
+    served with status 200 is refused here, before a byte of it is hashed or parsed."""
     request = urllib.request.Request(url, headers={"User-Agent": "mnist-pipeline"})
     with urllib.request.urlopen(request, timeout=timeout) as response, open(path, "wb") as out:
-        total = int(response.headers.get("Content-Length") or 0)
-        received, reported = 0, -1
+        total = _content_length(response)
+        received, reported, head = 0, -1, b""
         while True:
             chunk = response.read(CHUNK)
             if not chunk:
                 break
-            if received == 0 and not chunk.startswith(GZIP_MAGIC):
-                start = chunk[:40].decode("latin-1").strip().splitlines()[0] if chunk.strip() else ""
-                raise DownloadError(f"not a gzip file (the body starts {start!r}); the mirror may serve an error page")
+            if len(head) < 40:  # the body's first bytes, gathered over reads (a first read may be 1 byte)
+                head += chunk[:40 - len(head)]
+                _refuse_unless_gzip(head, complete=False)
             out.write(chunk)
             received += len(chunk)
             if total:
@@ -312,18 +324,46 @@ def _get(url, path, timeout, progress):
                 if percent // 10 != reported // 10:
                     reported = percent
                     progress(received / total, f"{url}: {received:,} of {total:,} bytes ({percent}%)")
+            elif received // UNSIZED_REPORT != reported:
+                reported = received // UNSIZED_REPORT
+                progress(0.0, f"{url}: {received:,} bytes (size not announced)")
+        _refuse_unless_gzip(head, complete=True)
         if total and received != total:
             raise http.client.IncompleteRead(b"", total - received)
 
 
+UNSIZED_REPORT = 4 << 20  # bytes between progress messages when the server sends no Content-Length
+
+
+def _content_length(response):
+    """The announced body size, or 0 when it is missing or not a number."""
+    try:
+        return max(int(response.headers.get("Content-Length") or 0), 0)
+    except ValueError:
+        return 0
+
+
+def _refuse_unless_gzip(start, complete):
+    """DownloadError unless `start` (the first bytes of a body) is, or may still become, the gzip magic."""
+    if start.startswith(GZIP_MAGIC) or (not complete and GZIP_MAGIC.startswith(start)):
+        return
+    if not start:
+        raise DownloadError("empty response body, not a gzip file")
+    shown = start.decode("latin-1").strip().splitlines()[0] if start.strip() else ""
+    raise DownloadError(f"not a gzip file (the body starts {shown!r}); the mirror may serve an error page")
+
+
 def _verify(raw, name, accepted):
-    """Hashes of the file's bytes and of its IDX content; DataError when the IDX is damaged
-    or no accepted hash matches. (Callers prefix the source, so messages do not repeat it.)"""
+    """Hashes of the file's bytes and of its IDX content; DataError when the IDX is damaged,
+    is not what a file of this name must hold, or no accepted hash matches. (Callers prefix
+    the source, so messages do not repeat it.)"""
     content = decompress(raw, "the file")
-    parse_idx(content, "the file")
+    array = parse_idx(content, "the file")
+    _check_kind(array, name)
     entry = {
         "gzipped": raw.startswith(GZIP_MAGIC),
         "size": len(raw),
+        "shape": list(array.shape),
         "md5": hashlib.md5(raw).hexdigest(),
         "sha256": hashlib.sha256(raw).hexdigest(),
         "content_sha256": hashlib.sha256(content).hexdigest(),
@@ -339,13 +379,42 @@ def _verify(raw, name, accepted):
                     f"match none of the {len(wanted)} known hashes)")
 
 
+def _check_kind(array, name):
+    """DataError unless the array is what a file of this name holds: images (n, 28, 28),
+    the network's 784 inputs, or labels (n,) in 0-9."""
+    if "-images-" in name:
+        if array.ndim != 3:
+            raise DataError(f"holds labels (magic 0x{LABELS_MAGIC:08x}), but {name} must hold images")
+        if array.shape[1:] != IMAGE_SHAPE:
+            raise DataError(f"images are {array.shape[1]}x{array.shape[2]} pixels; the network needs "
+                            f"{IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}")
+    else:
+        if array.ndim != 1:
+            raise DataError(f"holds images (magic 0x{IMAGES_MAGIC:08x}), but {name} must hold labels")
+        if array.size and array.max() >= N_CLASSES:
+            raise DataError(f"label {int(array.max())} is out of range 0-{N_CLASSES - 1}")
+
+
+def _check_counts(entries):
+    """DataError unless each part's images and labels are equally many (from their shapes)."""
+    for prefix in ("train", "t10k"):
+        images, labels = entries[f"{prefix}-images-idx3-ubyte.gz"], entries[f"{prefix}-labels-idx1-ubyte.gz"]
+        if images["shape"][0] != labels["shape"][0]:
+            raise DataError(f"{images['source']} has {images['shape'][0]} images but {labels['source']} has "
+                            f"{labels['shape'][0]} labels: the files do not belong together")
+
+
 def _install(staging, dest_dir, manifest):
     dest_dir.mkdir(parents=True, exist_ok=True)
+    # An older manifest must not vouch for the files about to replace the ones it describes.
+    (dest_dir / "MANIFEST.json").unlink(missing_ok=True)
     for entry in manifest["files"].values():
         os.replace(staging / entry["stored_as"], dest_dir / entry["stored_as"])
     temporary = staging / "MANIFEST.json"
     temporary.write_text(json.dumps(manifest, indent=2) + "\n")
+    fsync_path(temporary)
     os.replace(temporary, dest_dir / "MANIFEST.json")  # last: its presence means complete
+    fsync_path(dest_dir)  # the renames themselves survive a power cut
 
 
 def _now():

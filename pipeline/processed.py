@@ -6,7 +6,8 @@
                 format_version, created_at, package_version
 
 The writers write to the path they are given (the task hands them a temporary path that
-luigi renames on success); the readers check the layout and name the file and the fix.
+is renamed into place on success); the readers check the layout, shapes and dtypes, and a
+file that fails is a CheckpointError naming it and the command that rebuilds it.
 """
 
 import datetime
@@ -23,6 +24,7 @@ FORMAT_VERSION = 1
 
 
 def write_images(path, x_train, x_test, *, dataset, source_sha256):
+    """x_train (n, 784), x_test (m, 784) float32 in [0, 1]; source_sha256 {IDX file name: hex}."""
     with h5py.File(path, "w") as f:
         f.create_dataset("train", data=x_train)
         f.create_dataset("test", data=x_test)
@@ -30,6 +32,7 @@ def write_images(path, x_train, x_test, *, dataset, source_sha256):
 
 
 def write_labels(path, train_labels, test_labels, train_one_hot, test_one_hot, *, dataset, source_sha256):
+    """Integer labels (n,), (m,) stored as uint8; one-hot (n, 10), (m, 10) float32."""
     with h5py.File(path, "w") as f:
         for part, labels, encoded in (("train", train_labels, train_one_hot), ("test", test_labels, test_one_hot)):
             f.create_dataset(f"{part}/labels", data=np.asarray(labels, dtype=np.uint8))
@@ -39,13 +42,34 @@ def write_labels(path, train_labels, test_labels, train_one_hot, test_one_hot, *
 
 def read_images(path):
     """{"train": (n, 784) float32, "test": (m, 784) float32, "attrs": dict}."""
-    return _read(path, {"train": "train", "test": "test"}, "NormalizeImages")
+    data = _read(path, {"train": "train", "test": "test"}, "NormalizeImages")
+    for part in ("train", "test"):
+        _expect(data[part], (None, 784), np.float32, path, part, "NormalizeImages")
+    return data
 
 
 def read_labels(path):
-    """{"train_labels", "train_one_hot", "test_labels", "test_one_hot", "attrs"}."""
+    """{"train_labels" (n,) uint8, "train_one_hot" (n, 10) float32, "test_labels", "test_one_hot", "attrs"}."""
     names = {f"{part}_{kind}": f"{part}/{kind}" for part in ("train", "test") for kind in ("labels", "one_hot")}
-    return _read(path, names, "EncodeLabels")
+    data = _read(path, names, "EncodeLabels")
+    for part in ("train", "test"):
+        labels = _expect(data[f"{part}_labels"], (None,), np.uint8, path, f"{part}/labels", "EncodeLabels")
+        _expect(data[f"{part}_one_hot"], (labels.shape[0], 10), np.float32, path, f"{part}/one_hot", "EncodeLabels")
+    return data
+
+
+def rebuild_hint(path, task):
+    """What to do about a damaged processed file: delete it and the command that rebuilds it.
+
+    The dataset and data directory come from the layout <data_dir>/processed/<dataset>/<file>.
+    """
+    path = Path(path)
+    if path.parent.parent.name == "processed":
+        command = (f"luigi --module pipeline.tasks {task} --dataset {path.parent.name} "
+                   f"--data-dir {path.parent.parent.parent} --local-scheduler")
+    else:
+        command = f"luigi --module pipeline.tasks {task} --dataset <name> --local-scheduler"
+    return f"delete it and rerun ({command}, or any command that needs it) to rebuild it"
 
 
 def _describe(f, dataset, source_sha256):
@@ -60,19 +84,28 @@ def _describe(f, dataset, source_sha256):
 
 def _read(path, names, task):
     path = Path(path)
-    fix = (f"delete it and rerun (luigi --module pipeline.tasks {task} --dataset <name> --local-scheduler, "
-           f"or any command that needs it) to rebuild it")
+    fix = rebuild_hint(path, task)
     try:
         with h5py.File(path, "r") as f:
-            missing = [name for name in names.values() if name not in f]
+            missing = [name for name in names.values() if not isinstance(f.get(name), h5py.Dataset)]
             if missing:
-                raise CheckpointError(f"{path} lacks {', '.join(missing)}: not a {task} output; {fix}")
+                raise CheckpointError(f"{path} lacks {', '.join(missing)}: not an output of {task}; {fix}")
             data = {key: f[name][()] for key, name in names.items()}
             attrs = {key: (value.decode() if isinstance(value, bytes) else value) for key, value in f.attrs.items()}
+        attrs["source_sha256"] = json.loads(attrs.get("source_sha256", "{}"))
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError) as error:
+    except (OSError, KeyError, ValueError, TypeError) as error:
         raise CheckpointError(f"{path} is damaged or not HDF5 ({error}); {fix}") from None
-    attrs["source_sha256"] = json.loads(attrs.get("source_sha256", "{}"))
     data["attrs"] = attrs
     return data
+
+
+def _expect(array, shape, dtype, path, name, task):
+    """array, after checking its dtype and shape (None: any length); CheckpointError otherwise."""
+    fits = array.ndim == len(shape) and all(want is None or got == want for got, want in zip(array.shape, shape))
+    if not fits or array.dtype != dtype:
+        wanted = "(" + ", ".join("n" if n is None else str(n) for n in shape) + (",)" if len(shape) == 1 else ")")
+        raise CheckpointError(f"{path}: {name} is {array.dtype} {array.shape}, expected {np.dtype(dtype)} {wanted}: "
+                              f"not an output of {task}; {rebuild_hint(path, task)}")
+    return array

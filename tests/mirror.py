@@ -9,12 +9,17 @@ Each Mirror serves one directory in one mode and counts requests:
   hang      accepts, then says nothing (the client's timeout must fire)
   truncate  announces the full length, sends half, closes
   redirect  302 to the same path on another mirror (`target`)
+  chunked   the files with no Content-Length (chunked encoding), the first chunk a single byte
+  short-length  announces fewer bytes than the file has (the client reads a cut gzip)
 """
 
 import http.server
 import threading
 import time
 from pathlib import Path
+
+
+SERVES_FILES = ("ok", "corrupt", "truncate", "chunked", "short-length")  # modes that 404 a missing file
 
 
 class Mirror:
@@ -41,7 +46,7 @@ class Mirror:
     def respond(self, handler):
         name = handler.path.lstrip("/")
         path = self.directory / name
-        if self.mode == "404" or (self.mode in ("ok", "corrupt", "truncate") and not path.is_file()):
+        if self.mode == "404" or (self.mode in SERVES_FILES and not path.is_file()):
             return self._send(handler, 404, b"not found", "text/plain")
         if self.mode == "500":
             return self._send(handler, 500, b"server error", "text/plain")
@@ -65,6 +70,24 @@ class Mirror:
             handler.end_headers()
             handler.wfile.write(data[:len(data) // 2])
             handler.wfile.flush()
+            handler.close_connection = True
+            return None
+        if self.mode == "chunked":
+            handler.protocol_version = "HTTP/1.1"  # chunked encoding is HTTP/1.1
+            handler.send_response(200)
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.end_headers()
+            for piece in (data[:1], data[1:]):
+                handler.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                handler.wfile.flush()
+            handler.wfile.write(b"0\r\n\r\n")
+            handler.close_connection = True
+            return None
+        if self.mode == "short-length":
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(data) // 2))
+            handler.end_headers()
+            handler.wfile.write(data)
             handler.close_connection = True
             return None
         return self._send(handler, 200, data, "application/gzip")

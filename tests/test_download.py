@@ -191,3 +191,43 @@ def test_progress_is_logged_in_bytes_and_percent(tmp_path, published, mirrors, c
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any("bytes (100%)" in m for _, m in seen)
+
+
+def test_a_mirror_that_sends_no_length_is_read_to_the_end_and_reported_in_bytes(tmp_path, published, mirrors):
+    directory, hashes = published
+    seen = []
+    manifest = fetch_dataset("mnist", tmp_path / "raw" / "mnist", mirrors=[mirrors(directory, "chunked").url],
+                             checksums=checksums_for(hashes), progress=lambda f, m: seen.append(m), **FAST)
+    assert {e["verified_by"] for e in manifest["files"].values()} == {"md5 of the file"}
+    assert any(m.endswith("bytes (size not announced)") for m in seen)
+
+
+def test_a_body_longer_than_its_announced_length_is_a_cut_gzip_and_the_next_mirror_serves(tmp_path, published,
+                                                                                          mirrors):
+    directory, hashes = published
+    lying, good = mirrors(directory, "short-length"), mirrors(directory, "ok")
+    manifest = fetch_dataset("mnist", tmp_path / "raw" / "mnist", mirrors=[lying.url, good.url],
+                             checksums=checksums_for(hashes), **FAST)
+    assert all(e["source"].startswith(good.url) for e in manifest["files"].values())
+    with pytest.raises(DownloadError, match="corrupt or truncated gzip"):
+        fetch_dataset("mnist", tmp_path / "raw2" / "mnist", mirrors=[lying.url], checksums=checksums_for(hashes),
+                      **FAST)
+
+
+def test_mirrors_given_for_a_custom_dataset_are_not_asked(tmp_path, published, mirrors, caplog):
+    directory, _ = published
+    watched = mirrors(directory, "ok")
+    with caplog.at_level(logging.WARNING, logger="pipeline"), pytest.raises(DownloadError, match="not found"):
+        fetch_dataset("my-digits", tmp_path / "raw" / "my-digits", local_dirs=[str(tmp_path / "absent")],
+                      mirrors=[watched.url], **FAST)
+    assert watched.requests == []
+    assert f"only taken from local directories, so the mirrors {watched.url} are not tried" in caplog.text
+
+
+def test_labels_and_images_in_swapped_files_are_refused(tmp_path, published):
+    directory, _ = published
+    swapped = tmp_path / "swapped"
+    make_idx_dataset(swapped, n_train=120, n_test=30)
+    (swapped / "t10k-labels-idx1-ubyte.gz").write_bytes((directory / "t10k-images-idx3-ubyte.gz").read_bytes())
+    with pytest.raises(DownloadError, match=r"t10k-labels-idx1-ubyte\.gz: holds images .* must hold labels"):
+        fetch_dataset("mine", tmp_path / "raw" / "mine", source_dir=str(swapped), **FAST)

@@ -77,3 +77,19 @@ def test_normalized_pixels_lie_in_0_1_and_one_hot_is_one_hot(pair):
     encoded = one_hot(labels)
     assert encoded.shape == (3, 10) and encoded.dtype == np.float32
     assert np.all(encoded.sum(axis=1) == 1) and np.array_equal(encoded.argmax(axis=1), labels)
+
+
+def test_a_gzip_with_flipped_bytes_is_named(tmp_path, pair):
+    data = bytearray(pair[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the deflate stream: a bad block or a CRC mismatch
+    (tmp_path / "flipped.gz").write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"flipped\.gz: corrupt or truncated gzip"):
+        read_idx(tmp_path / "flipped.gz")
+
+
+def test_a_header_cut_short_and_a_missing_file_are_named(tmp_path):
+    (tmp_path / "stub").write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x02")
+    with pytest.raises(DataError, match=r"stub: header cut short \(8 bytes, 16 needed\)"):
+        read_idx(tmp_path / "stub")
+    with pytest.raises(DataError, match=r"absent\.gz: cannot read"):
+        read_idx(tmp_path / "absent.gz")
