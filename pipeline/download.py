@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pipeline.atomic import fsync_path
 from pipeline.errors import DataError, DownloadError, ParameterError
-from pipeline.idx import GZIP_MAGIC, IMAGES_MAGIC, LABELS_MAGIC, check_pair, decompress, parse_idx
+from pipeline.idx import GZIP_MAGIC, check_images, check_labels, decompress, parse_idx
 
 logger = logging.getLogger("pipeline")
 
@@ -113,24 +113,26 @@ def default_mirrors(dataset):
     return list(KNOWN_DATASETS[dataset].mirrors) if is_known(dataset) else []
 
 
-def load_raw_dataset(raw_dir):
-    """Read a fetched dataset back: ({"train": (images, labels), "test": (images, labels)},
-    {file name: sha256 of its content}).
+def load_raw_dataset(raw_dir, kind):
+    """Read back the train and test files of one kind ("images" or "labels") of a fetched
+    dataset: ({"train": array, "test": array}, {file name: sha256 of its content} for all four).
 
-    Each file is checked again against MANIFEST.json before use, so a file changed or
-    damaged since it was verified is refused (DataError naming it and the fix), never read.
+    Each file read is checked again against MANIFEST.json first, so a file changed or
+    damaged since it was verified is refused (DataError naming it and the fix), never used.
+    Kinds, sizes and counts were checked when the files were fetched, and the hash pins
+    the content, so they are not checked again here.
     """
     raw_dir = Path(raw_dir)
     manifest_path = raw_dir / "MANIFEST.json"
     try:
         entries = json.loads(manifest_path.read_text())["files"]
+        checksums = {name: entries[name]["content_sha256"] for name in FILES}
     except (OSError, ValueError, KeyError) as error:
-        raise DataError(f"{manifest_path} is unreadable ({error}); delete {raw_dir} and rerun to fetch the dataset "
-                        f"again") from None
-    arrays, checksums = {}, {}
-    for name in FILES:
-        if name not in entries:
-            raise DataError(f"{manifest_path} does not list {name}; delete {raw_dir} and rerun")
+        raise DataError(f"{manifest_path} is unreadable or incomplete ({error}); delete {raw_dir} and rerun to "
+                        f"fetch the dataset again") from None
+    arrays = {}
+    for part, prefix in (("train", "train"), ("test", "t10k")):
+        name = f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz"
         path = raw_dir / entries[name]["stored_as"]
         try:
             content = decompress(path.read_bytes(), str(path))
@@ -138,18 +140,12 @@ def load_raw_dataset(raw_dir):
             raise DataError(f"{path} is listed in {manifest_path} but cannot be read ({error.strerror}); "
                             f"delete {raw_dir} and rerun") from None
         digest = hashlib.sha256(content).hexdigest()
-        if digest != entries[name]["content_sha256"]:
+        if digest != checksums[name]:
             raise DataError(f"{path} does not match {manifest_path} (content sha256 {digest[:12]}..., the manifest "
-                            f"says {entries[name]['content_sha256'][:12]}...): it changed after it was verified; "
+                            f"says {checksums[name][:12]}...): it changed after it was verified; "
                             f"delete {raw_dir} and rerun to fetch it again")
-        arrays[name] = parse_idx(content, str(path))
-        checksums[name] = digest
-    parts = {}
-    for part, prefix in (("train", "train"), ("test", "t10k")):
-        images_name, labels_name = f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"
-        check_pair(arrays[images_name], arrays[labels_name], raw_dir / images_name, raw_dir / labels_name)
-        parts[part] = (arrays[images_name], arrays[labels_name])
-    return parts, checksums
+        arrays[part] = parse_idx(content, str(path))
+    return arrays, checksums
 
 
 def staging_directories(dest_dir):
@@ -382,17 +378,13 @@ def _verify(raw, name, accepted):
 def _check_kind(array, name):
     """DataError unless the array is what a file of this name holds: images (n, 28, 28),
     the network's 784 inputs, or labels (n,) in 0-9."""
-    if "-images-" in name:
-        if array.ndim != 3:
-            raise DataError(f"holds labels (magic 0x{LABELS_MAGIC:08x}), but {name} must hold images")
-        if array.shape[1:] != IMAGE_SHAPE:
-            raise DataError(f"images are {array.shape[1]}x{array.shape[2]} pixels; the network needs "
-                            f"{IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}")
-    else:
-        if array.ndim != 1:
-            raise DataError(f"holds images (magic 0x{IMAGES_MAGIC:08x}), but {name} must hold labels")
-        if array.size and array.max() >= N_CLASSES:
-            raise DataError(f"label {int(array.max())} is out of range 0-{N_CLASSES - 1}")
+    if "-images-" not in name:
+        check_labels(array, n_classes=N_CLASSES)
+        return
+    check_images(array)
+    if array.shape[1:] != IMAGE_SHAPE:
+        raise DataError(f"images are {array.shape[1]}x{array.shape[2]} pixels; the network needs "
+                        f"{IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}")
 
 
 def _check_counts(entries):

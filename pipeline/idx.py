@@ -74,17 +74,31 @@ def read_images_and_labels(images_path, labels_path, n_classes=10):
     return images, labels
 
 
+def check_images(images, name=None):
+    """DataError unless the array holds images (n, rows, cols). name prefixes the message."""
+    if images.ndim != 3:
+        raise DataError(_named(name, f"holds labels (magic 0x{LABELS_MAGIC:08x}), not images; it must hold images"))
+
+
+def check_labels(labels, name=None, n_classes=10):
+    """DataError unless the array holds labels (n,) with values below n_classes."""
+    if labels.ndim != 1:
+        raise DataError(_named(name, f"holds images (magic 0x{IMAGES_MAGIC:08x}), not labels; it must hold labels"))
+    if labels.size and labels.max() >= n_classes:
+        raise DataError(_named(name, f"label {int(labels.max())} is out of range 0-{n_classes - 1}"))
+
+
 def check_pair(images, labels, images_name, labels_name, n_classes=10):
     """DataError unless images is (n, rows, cols), labels is (n,) with values below n_classes."""
-    if images.ndim != 3:
-        raise DataError(f"{images_name}: holds labels (magic 0x{LABELS_MAGIC:08x}), not images")
-    if labels.ndim != 1:
-        raise DataError(f"{labels_name}: holds images (magic 0x{IMAGES_MAGIC:08x}), not labels")
-    if labels.size and labels.max() >= n_classes:
-        raise DataError(f"{labels_name}: label {int(labels.max())} is out of range 0-{n_classes - 1}")
+    check_images(images, images_name)
+    check_labels(labels, labels_name, n_classes)
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{images_name} has {images.shape[0]} images but {labels_name} has "
                         f"{labels.shape[0]} labels: the files do not belong together")
+
+
+def _named(name, message):
+    return f"{name}: {message}" if name else message
 
 
 def encode_idx(array):

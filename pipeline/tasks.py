@@ -254,9 +254,9 @@ class NormalizeImages(DataTask):
         return luigi.LocalTarget(str(Path(self.data_dir) / "processed" / self.dataset / "images.h5"))
 
     def make(self):
-        parts, checksums = load_raw_dataset(Path(self.input().path).parent)
+        images, checksums = load_raw_dataset(Path(self.input().path).parent, "images")
         with atomic_path(self.output().path) as tmp:
-            processed.write_images(tmp, normalize_images(parts["train"][0]), normalize_images(parts["test"][0]),
+            processed.write_images(tmp, normalize_images(images["train"]), normalize_images(images["test"]),
                                    dataset=self.dataset, source_sha256=checksums)
 
 
@@ -273,8 +273,8 @@ class EncodeLabels(DataTask):
         return luigi.LocalTarget(str(Path(self.data_dir) / "processed" / self.dataset / "labels.h5"))
 
     def make(self):
-        parts, checksums = load_raw_dataset(Path(self.input().path).parent)
-        train, test = parts["train"][1], parts["test"][1]
+        labels, checksums = load_raw_dataset(Path(self.input().path).parent, "labels")
+        train, test = labels["train"], labels["test"]
         with atomic_path(self.output().path) as tmp:
             processed.write_labels(tmp, train, test, one_hot(train), one_hot(test),
                                    dataset=self.dataset, source_sha256=checksums)
