@@ -40,19 +40,20 @@ def write_labels(path, train_labels, test_labels, train_one_hot, test_one_hot, *
         _describe(f, dataset, source_sha256)
 
 
-def read_images(path):
-    """{"train": (n, 784) float32, "test": (m, 784) float32, "attrs": dict}."""
-    data = _read(path, {"train": "train", "test": "test"}, "NormalizeImages")
-    for part in ("train", "test"):
+def read_images(path, parts=("train", "test")):
+    """{"train": (n, 784) float32, "test": (m, 784) float32, "attrs": dict}, for the parts asked."""
+    data = _read(path, {part: part for part in parts}, "NormalizeImages")
+    for part in parts:
         _expect(data[part], (None, 784), np.float32, path, part, "NormalizeImages")
     return data
 
 
-def read_labels(path):
-    """{"train_labels" (n,) uint8, "train_one_hot" (n, 10) float32, "test_labels", "test_one_hot", "attrs"}."""
-    names = {f"{part}_{kind}": f"{part}/{kind}" for part in ("train", "test") for kind in ("labels", "one_hot")}
+def read_labels(path, parts=("train", "test")):
+    """{"train_labels" (n,) uint8, "train_one_hot" (n, 10) float32, "test_labels", "test_one_hot", "attrs"},
+    for the parts asked."""
+    names = {f"{part}_{kind}": f"{part}/{kind}" for part in parts for kind in ("labels", "one_hot")}
     data = _read(path, names, "EncodeLabels")
-    for part in ("train", "test"):
+    for part in parts:
         labels = _expect(data[f"{part}_labels"], (None,), np.uint8, path, f"{part}/labels", "EncodeLabels")
         _expect(data[f"{part}_one_hot"], (labels.shape[0], 10), np.float32, path, f"{part}/one_hot", "EncodeLabels")
     return data

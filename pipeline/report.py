@@ -163,21 +163,23 @@ def _markdown(metrics):
     return "\n".join(lines)
 
 
-def _figure():
+def new_figure():
+    """(figure, axes) of the house size; matplotlib without pyplot, so no global state."""
     from matplotlib.figure import Figure  # only writing a plot needs matplotlib: import it late
 
     figure = Figure(figsize=(8, 5), dpi=100)
     return figure, figure.add_subplot()
 
 
-def _png(figure):
+def png_bytes(figure):
+    """The figure as PNG bytes."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
 
 
 def _accuracy_plot(epochs, run_id):
-    figure, axes = _figure()
+    figure, axes = new_figure()
     x = [row["epoch"] for row in epochs]
     axes.plot(x, [row["train_accuracy"] for row in epochs], marker="o", label="train")
     axes.plot(x, [row["test_accuracy"] for row in epochs], marker="s", linestyle="--", label="test")
@@ -187,11 +189,11 @@ def _accuracy_plot(epochs, run_id):
     axes.set_title(f"Accuracy per epoch, {run_id}")
     axes.grid(True, alpha=0.3)
     axes.legend(loc="lower right")
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def _loss_plot(losses, epochs, run_id):
-    figure, axes = _figure()
+    figure, axes = new_figure()
     iterations = np.arange(1, losses.size + 1)
     axes.plot(iterations, losses, linewidth=0.5, alpha=0.4, label="mini-batch loss")
     window = max(1, min(100, losses.size // 10))
@@ -205,4 +207,4 @@ def _loss_plot(losses, epochs, run_id):
     axes.set_title(f"Loss, {run_id}")
     axes.grid(True, alpha=0.3)
     axes.legend(loc="upper right")
-    return _png(figure)
+    return png_bytes(figure)

@@ -9,6 +9,7 @@ import io
 from pathlib import Path
 
 from pipeline.atomic import write_atomically
+from pipeline.report import new_figure, png_bytes
 
 SWEPT = ("hidden_size", "learning_rate", "batch_size", "seed")
 COLUMNS = ("run_id",) + SWEPT + ("iterations", "dtype", "sampling", "final_train_accuracy",
@@ -63,10 +64,7 @@ def _markdown(sweep_id, rows):
 
 
 def _plot(metrics_list, sweep_id):
-    from matplotlib.figure import Figure  # imported here: only writing a plot needs it
-
-    figure = Figure(figsize=(8, 5), dpi=100)
-    axes = figure.add_subplot()
+    figure, axes = new_figure()
     for metrics in sorted(metrics_list, key=lambda m: m["run_id"]):
         epochs = [row["epoch"] for row in metrics["epochs"]]
         axes.plot(epochs, [row["test_accuracy"] for row in metrics["epochs"]], marker=".", label=metrics["run_id"])
@@ -75,6 +73,4 @@ def _plot(metrics_list, sweep_id):
     axes.set_title(f"Sweep {sweep_id}: test accuracy per epoch")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize="small")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return png_bytes(figure)

@@ -372,6 +372,11 @@ class RunTask(DataTask):
     def data_requirements(self):
         return {"images": NormalizeImages(**self.data_params()), "labels": EncodeLabels(**self.data_params())}
 
+    def load_data(self, parts=("train", "test")):
+        """(images, labels) as processed.read_images/read_labels give them, for the parts asked."""
+        return (processed.read_images(self.input()["images"].path, parts),
+                processed.read_labels(self.input()["labels"].path, parts))
+
 
 class CheckGradient(RunTask):
     """Backprop against the numerical gradient on real training images, before training.
@@ -393,8 +398,7 @@ class CheckGradient(RunTask):
         return luigi.LocalTarget(str(self.run_dir / "gradient_check.json"))
 
     def make(self):
-        images = processed.read_images(self.input()["images"].path)
-        labels = processed.read_labels(self.input()["labels"].path)
+        images, labels = self.load_data(parts=("train",))
         result = gradient_check_report(
             images["train"], labels["train_one_hot"], hidden_size=self.hidden_size,
             weight_init_std=self.weight_init_std, seed=self.seed,
@@ -451,8 +455,7 @@ class TrainNetwork(RunTask):
             shutil.copyfile(checkpoint.checkpoint_path(checkpoints, self.iterations), tmp)
 
     def load_training_data(self):
-        images = processed.read_images(self.input()["images"].path)
-        labels = processed.read_labels(self.input()["labels"].path)
+        images, labels = self.load_data(parts=("train",))
         x_train = images["train"].astype(self.dtype, copy=False)
         t_train = labels["train_labels"]  # integer labels: the same loss as one-hot, gathered faster
         return x_train, t_train, dict(images["attrs"].get("source_sha256", {}))
@@ -504,8 +507,7 @@ class EvaluateNetwork(RunTask):
         return list(report_dir.glob(".*.tmp")) if report_dir.is_dir() else []
 
     def make(self):
-        images = processed.read_images(self.input()["images"].path)
-        labels = processed.read_labels(self.input()["labels"].path)
+        images, labels = self.load_data()
         snapshots = [checkpoint.load_checkpoint(path)
                      for path in checkpoint.list_checkpoints(self.run_dir / "checkpoints")]
         rows, confusion = evaluate_epochs(
