@@ -1,5 +1,8 @@
 """Accuracy, loss and confusion matrix of a trained network over a whole dataset (numpy only)."""
 
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from pipeline.functions import sigmoid, softmax, to_indices
@@ -67,6 +70,18 @@ def evaluate_many(param_sets, x, t, chunk_size=10000, max_columns=1024):
     return results
 
 
+def evaluate_snapshot(params, x_train, t_train, x_test, t_test, chunk_size=10000):
+    """The figures of one network for its per-epoch row: ({train,test}_{accuracy,loss}), test predictions).
+
+    Training's background evaluation and EvaluateNetwork both come here, one network at
+    a time, so a row has the same bits whichever of them computed it."""
+    (train_accuracy, train_loss, _), = evaluate_many([params], x_train, t_train, chunk_size)
+    (test_accuracy, test_loss, test_predictions), = evaluate_many([params], x_test, t_test, chunk_size)
+    figures = {"train_accuracy": train_accuracy, "train_loss": train_loss,
+               "test_accuracy": test_accuracy, "test_loss": test_loss}
+    return figures, test_predictions
+
+
 def evaluate_epochs(snapshots, x_train, t_train, x_test, t_test, chunk_size=10000):
     """Per-epoch figures for a run: one row per snapshot, in the order given.
 
@@ -75,16 +90,61 @@ def evaluate_epochs(snapshots, x_train, t_train, x_test, t_test, chunk_size=1000
     mean loss over the whole training and test sets, and confusion is the test-set
     confusion matrix of the last snapshot.
     """
-    snapshots = list(snapshots)
-    if not snapshots:
+    rows, predictions, n_classes = [], None, None
+    for epoch, iteration, params in snapshots:
+        figures, predictions = evaluate_snapshot(params, x_train, t_train, x_test, t_test, chunk_size)
+        rows.append({"epoch": float(epoch), "iteration": int(iteration), **figures})
+        n_classes = params["b2"].size
+    if not rows:
         raise ValueError("no snapshots to evaluate")
-    param_sets = [params for _, _, params in snapshots]
-    on_train = evaluate_many(param_sets, x_train, t_train, chunk_size)
-    on_test = evaluate_many(param_sets, x_test, t_test, chunk_size)
-    rows = [{
-        "epoch": float(epoch), "iteration": int(iteration),
-        "train_accuracy": train[0], "train_loss": train[1],
-        "test_accuracy": test[0], "test_loss": test[1],
-    } for (epoch, iteration, _), train, test in zip(snapshots, on_train, on_test)]
-    n_classes = param_sets[-1]["b2"].size
-    return rows, confusion_matrix(to_indices(t_test, n_classes), on_test[-1][2], n_classes)
+    return rows, confusion_matrix(to_indices(t_test, n_classes), predictions, n_classes)
+
+
+def params_digest(params):
+    """sha256 of a network's parameters (W1, b1, W2, b2 bytes, with their dtype and shapes)."""
+    digest = hashlib.sha256()
+    for key in ("W1", "b1", "W2", "b2"):
+        value = np.ascontiguousarray(params[key])
+        digest.update(f"{key}:{value.dtype.str}:{value.shape};".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+class BackgroundEvaluator:
+    """Evaluates snapshots on a second thread, in the order submitted, while training goes on.
+
+    Evaluating epoch k needs only the weights of epoch k, so with the matrix library on
+    one thread each, training keeps one core and the evaluations the other (numpy lets
+    go of the GIL inside its array loops and matrix products). on_row(row, digest) is
+    called on that thread for each finished row, e.g. to store it; results() waits for
+    all rows and raises the first error of any.
+    """
+
+    def __init__(self, x_train, t_train, x_test, t_test, on_row=None, chunk_size=10000):
+        self.data = (x_train, t_train, x_test, t_test)
+        self.chunk_size = chunk_size
+        self.on_row = on_row
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate")
+        self.futures = []
+
+    def submit(self, epoch, iteration, params):
+        """Queue a snapshot; params are copied now, so training may go on changing its own."""
+        params = {key: np.array(params[key], copy=True) for key in ("W1", "b1", "W2", "b2")}
+        self.futures.append(self.pool.submit(self._evaluate, float(epoch), int(iteration), params))
+
+    def _evaluate(self, epoch, iteration, params):
+        figures, predictions = evaluate_snapshot(params, *self.data, chunk_size=self.chunk_size)
+        row = {"epoch": epoch, "iteration": iteration, **figures}
+        if self.on_row is not None:
+            self.on_row(row, params_digest(params))
+        return row, predictions
+
+    def results(self):
+        """[(row, test predictions)] in the order submitted, once all are done."""
+        return [future.result() for future in self.futures]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.shutdown(wait=True, cancel_futures=True)

@@ -20,28 +20,44 @@ class TwoLayerNet:
     weights are weight_init_std * standard normal draws from `rng` (a numpy Generator),
     drawn in float64 and then cast, so a seed gives the same starting point in either
     dtype; biases start at zero.
+
+    The four parameters are views of one flat array, `self.theta`, laid out W1, b1, W2,
+    b2: W1 with b1 below it is the (input_size + 1, hidden) matrix that multiplies an
+    input with a constant 1 appended, which folds the first bias into the matrix product,
+    and one subtraction of the flat gradient updates every parameter. Change parameters
+    in place (`params["W1"][...] = ...`), never by rebinding the dict entries.
     """
 
     def __init__(self, input_size, hidden_size, output_size, weight_init_std=0.01, rng=None, dtype=np.float32):
         rng = np.random.default_rng() if rng is None else rng
-        dtype = np.dtype(dtype)
-        self.params = {
-            "W1": (weight_init_std * rng.standard_normal((input_size, hidden_size))).astype(dtype),
-            "b1": np.zeros(hidden_size, dtype=dtype),
-            "W2": (weight_init_std * rng.standard_normal((hidden_size, output_size))).astype(dtype),
-            "b2": np.zeros(output_size, dtype=dtype),
-        }
+        W1 = weight_init_std * rng.standard_normal((input_size, hidden_size))
+        W2 = weight_init_std * rng.standard_normal((hidden_size, output_size))
+        self._pack({"W1": W1, "b1": np.zeros(hidden_size), "W2": W2, "b2": np.zeros(output_size)}, dtype)
 
     @classmethod
     def from_params(cls, params):
-        """A network around existing parameters (e.g. loaded from a checkpoint); no copy."""
+        """A network holding a copy of existing parameters (e.g. loaded from a checkpoint), in W1's dtype."""
         net = cls.__new__(cls)
-        net.params = {key: params[key] for key in PARAM_NAMES}
+        net._pack(params, np.asarray(params["W1"]).dtype)
         return net
+
+    def _pack(self, params, dtype):
+        (input_size, hidden_size), output_size = np.shape(params["W1"]), np.shape(params["b2"])[0]
+        self.theta = np.empty(_n_params(input_size, hidden_size, output_size), dtype=dtype)
+        self.params = _views(self.theta, input_size, hidden_size, output_size)
+        for key in PARAM_NAMES:
+            if np.shape(params[key]) != self.params[key].shape:
+                raise ValueError(f"{key} has shape {np.shape(params[key])}, expected {self.params[key].shape}")
+            self.params[key][...] = params[key]
 
     @property
     def dtype(self):
-        return self.params["W1"].dtype
+        return self.theta.dtype
+
+    @property
+    def sizes(self):
+        """(input_size, hidden_size, output_size)."""
+        return self.params["W1"].shape + self.params["b2"].shape
 
     def predict(self, x):
         """Class probabilities, (batch, output_size), for inputs x (batch, input_size)."""
@@ -84,63 +100,125 @@ class TwoLayerNet:
     def loss_and_gradient(self, x, t, scale=1.0):
         """(loss, grads) from one forward and one backward pass, grads multiplied by `scale`.
 
-        The loss is the mean cross-entropy of this batch before any update: training
-        records it instead of running a second forward pass after the update. Training
-        passes its learning rate as `scale`, so that the update is one subtraction.
-
-        This is training's hot path, so every intermediate lives in a buffer kept for
-        the batch size: allocating the 784 x hidden gradient afresh each step costs more
-        than computing it (large blocks come from mmap and fault in page by page). The
-        returned grads are those buffers: read them before the next call.
+        The loss is the mean cross-entropy of this batch before any update. The gradient
+        comes from the same Backprop that training runs (CheckGradient checks this one).
+        The returned grads are views of a buffer reused by the next call: read them first.
         """
-        W1, W2 = self.params["W1"], self.params["W2"]
-        b1, b2 = self.params["b1"], self.params["b2"]
+        x = np.asarray(x)
         batch_num = x.shape[0]
-        buf = self._buffers(batch_num)
-        labels = to_indices(t, b2.size)
-        rows = buf["rows"]
-
-        # forward
-        a1 = np.dot(x, W1, out=buf["a1"])
-        a1 += b1
-        z1 = sigmoid(a1, out=buf["z1"])
-        a2 = np.dot(z1, W2, out=buf["a2"])
-        a2 += b2
-        y = softmax(a2, out=a2)
-        p = y[rows, labels]  # probability given to the true class (a copy)
+        backprop = self.backprop(batch_num)
+        backprop.x[:, :-1] = x
+        p = np.empty(batch_num, dtype=self.dtype)
+        backprop.run(backprop.label_positions(to_indices(t, self.params["b2"].size)), p, scale)
         loss = -np.sum(np.log(p + 1e-7)) / batch_num
+        return float(loss), backprop.grads
 
-        # backward
-        # Softmax with cross-entropy: dL/da2 = (y - t) / batch, times p / (p + 1e-7), the
-        # exact derivative of the loss's log(p + 1e-7); without that factor backprop is off
-        # by about 1e-6 relative, more than a gradient check should tolerate.
-        dy = y  # y is not needed again: reuse its memory
-        dy[rows, labels] -= 1
-        dy *= (p / (p + 1e-7) * (scale / batch_num)).astype(dy.dtype)[:, np.newaxis]
-        grads = buf["grads"]
-        np.dot(z1.T, dy, out=grads["W2"])
-        np.sum(dy, axis=0, out=grads["b2"])
-        dz1 = np.dot(dy, W2.T, out=buf["dz1"])
-        da1 = dz1  # sigmoid'(a1) * dz1 = z1 (1 - z1) dz1, in place; a1 is free to hold 1 - z1
-        np.subtract(1.0, z1, out=a1)
-        a1 *= z1
-        da1 *= a1
-        np.dot(x.T, da1, out=grads["W1"])
-        np.sum(da1, axis=0, out=grads["b1"])
-        return float(loss), grads
+    def backprop(self, batch_num):
+        """The Backprop of this network for a batch size, made on its first use and kept."""
+        kept = self.__dict__.setdefault("_backprops", {})
+        if batch_num not in kept:
+            kept[batch_num] = Backprop(self, batch_num)
+        return kept[batch_num]
 
-    def _buffers(self, batch_num):
-        """Work arrays for a batch size, made on its first use and kept."""
-        workspace = self.__dict__.setdefault("_workspace", {})
-        buffers = workspace.get(batch_num)
-        if buffers is None or buffers["a1"].dtype != self.dtype:
-            hidden, output = self.params["W2"].shape
-            empty = lambda *shape: np.empty(shape, dtype=self.dtype)  # noqa: E731
-            buffers = {
-                "rows": np.arange(batch_num),
-                "a1": empty(batch_num, hidden), "z1": empty(batch_num, hidden), "dz1": empty(batch_num, hidden),
-                "a2": empty(batch_num, output),
-                "grads": {key: np.empty_like(self.params[key]) for key in PARAM_NAMES},
-            }
-            workspace[batch_num] = buffers
-        return buffers
+
+class Backprop:
+    """Forward and backward pass of a TwoLayerNet for one batch size: training's hot path.
+
+    Fill `x[:, :-1]` with a batch of inputs (the last column holds the constant 1 that
+    multiplies b1), then run(positions, p, scale) leaves the gradient of the batch's
+    mean cross-entropy, times `scale`, in `flat_grad` (laid out like the network's theta,
+    so `theta -= flat_grad` is one SGD step) and the probability each input gives its
+    true class in `p`. positions = label_positions(labels).
+
+    Written for speed: every intermediate lives in a buffer made once, the second layer
+    works on transposed activations (classes x batch) so that the softmax's reductions
+    run along memory instead of across ten-element rows, and the learning rate and
+    1 / batch are folded into dL/da2. Allocating the 785 x hidden gradient afresh each step
+    costs more than computing it (large blocks come from mmap and fault in page by page).
+    """
+
+    def __init__(self, network, batch_num):
+        input_size, hidden, output = network.sizes
+        dtype = network.dtype
+        self.batch_num = batch_num
+        self.flat_grad = np.empty_like(network.theta)
+        self.grads = _views(self.flat_grad, input_size, hidden, output)
+        self.x = np.empty((batch_num, input_size + 1), dtype=dtype)
+        self.x[:, -1] = 1
+        self._offsets = np.arange(batch_num)
+        self.run = self._make_run(network.theta, input_size, hidden, output, dtype)
+
+    def label_positions(self, labels):
+        """Where each sample's true class sits in the flattened (classes, batch) output: label * batch + row.
+
+        labels: integer classes, (batch,) or (steps, batch) for several batches at once."""
+        return np.asarray(labels, dtype=np.intp) * self.batch_num + self._offsets
+
+    def _make_run(self, theta, input_size, hidden, output, dtype):
+        batch_num = self.batch_num
+        W1b1 = theta[:(input_size + 1) * hidden].reshape(input_size + 1, hidden)
+        W2 = theta[(input_size + 1) * hidden:-output].reshape(hidden, output)
+        b2 = theta[-output:].reshape(output, 1)
+        g_W1b1 = self.flat_grad[:(input_size + 1) * hidden].reshape(input_size + 1, hidden)
+        g_W2 = self.flat_grad[(input_size + 1) * hidden:-output].reshape(hidden, output)
+        g_b2 = self.flat_grad[-output:]
+        x = self.x
+        empty = lambda *shape: np.empty(shape, dtype=dtype)  # noqa: E731
+        half_a1, z1, dz1, work = (empty(batch_num, hidden) for _ in range(4))
+        y = empty(output, batch_num)  # transposed: one row per class
+        y_flat = y.reshape(-1)
+        column_max, column_sum, factor = (empty(batch_num) for _ in range(3))
+        half, quarter = dtype.type(0.5), dtype.type(0.25)
+
+        def run(positions, p, scale):
+            # forward: a1 = [x 1] @ [W1; b1]; sigmoid(a1) = (1 + tanh(a1 / 2)) / 2
+            np.dot(x, W1b1, out=half_a1)
+            np.multiply(half_a1, half, out=half_a1)
+            tanh = np.tanh(half_a1, out=half_a1)
+            np.multiply(tanh, half, out=z1)
+            np.add(z1, half, out=z1)
+            # a2 and softmax, transposed: (output, batch)
+            np.dot(W2.T, z1.T, out=y)
+            np.add(y, b2, out=y)
+            np.maximum.reduce(y, axis=0, out=column_max)  # shifted so that exp cannot overflow
+            np.subtract(y, column_max, out=y)
+            np.exp(y, out=y)
+            np.add.reduce(y, axis=0, out=column_sum)
+            np.divide(y, column_sum, out=y)
+            np.take(y_flat, positions, out=p)  # probability of the true class
+            # backward. Softmax with cross-entropy: dL/da2 = (y - t) / batch, times p / (p + 1e-7),
+            # the exact derivative of the loss's log(p + 1e-7): without that factor backprop is off
+            # by about 1e-6 relative, more than a gradient check should tolerate.
+            dy = y
+            y_flat[positions] -= 1
+            np.add(p, 1e-7, out=factor)
+            np.divide(p, factor, out=factor)
+            np.multiply(factor, scale / batch_num, out=factor)
+            np.multiply(dy, factor, out=dy)
+            np.dot(z1.T, dy.T, out=g_W2)
+            np.add.reduce(dy, axis=1, out=g_b2)
+            np.dot(dy.T, W2.T, out=dz1)
+            # sigmoid'(a1) = z1 (1 - z1) = (1 - tanh^2) / 4
+            np.multiply(tanh, tanh, out=work)
+            np.multiply(work, -quarter, out=work)
+            np.add(work, quarter, out=work)
+            np.multiply(dz1, work, out=dz1)
+            np.dot(x.T, dz1, out=g_W1b1)  # dW1 and, from the column of ones, db1
+
+        return run
+
+
+def _n_params(input_size, hidden_size, output_size):
+    return (input_size + 1) * hidden_size + (hidden_size + 1) * output_size
+
+
+def _views(flat, input_size, hidden_size, output_size):
+    """W1, b1, W2, b2 as views of a flat array laid out in that order."""
+    shapes = {"W1": (input_size, hidden_size), "b1": (hidden_size,),
+              "W2": (hidden_size, output_size), "b2": (output_size,)}
+    views, start = {}, 0
+    for key in PARAM_NAMES:
+        size = int(np.prod(shapes[key]))
+        views[key] = flat[start:start + size].reshape(shapes[key])
+        start += size
+    return views

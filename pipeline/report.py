@@ -18,6 +18,34 @@ from pipeline import __version__
 from pipeline.atomic import exclusive_lock, write_atomically
 
 EPOCH_COLUMNS = ("epoch", "iteration", "train_accuracy", "test_accuracy", "train_loss", "test_loss")
+FIGURES_VERSION = 1
+
+
+def epoch_figures_path(figures_dir, iteration):
+    """Where the per-epoch figures of the checkpoint at `iteration` are kept: <run>/evaluation/iter-NNNNNNNN.json."""
+    return Path(figures_dir) / f"iter-{iteration:08d}.json"
+
+
+def epoch_figures(row, params_sha256):
+    """The JSON kept for one evaluated checkpoint: its row and the digest of the weights it came from."""
+    return {**{key: row[key] for key in EPOCH_COLUMNS}, "params_sha256": params_sha256,
+            "format_version": FIGURES_VERSION}
+
+
+def read_epoch_figures(path, params_sha256):
+    """The row kept at `path` if it was computed from weights with this digest, else None.
+
+    A missing, unreadable or foreign file is None, not an error: the figures are a cache
+    that EvaluateNetwork recomputes from the checkpoint."""
+    try:
+        kept = json.loads(Path(path).read_text())
+        if kept.get("params_sha256") != params_sha256 or kept.get("format_version") != FIGURES_VERSION:
+            return None
+        return {key: (int(kept[key]) if key == "iteration" else float(kept[key])) for key in EPOCH_COLUMNS}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
 RUN_COLUMNS = ("run_id", "dataset", "hidden_size", "batch_size", "learning_rate", "iterations", "weight_init_std",
                "seed", "dtype", "sampling", "date", "train_accuracy", "test_accuracy", "finished_at")
 

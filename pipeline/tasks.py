@@ -11,7 +11,6 @@ import errno
 import itertools
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import warnings
@@ -26,7 +25,7 @@ from pipeline.atomic import atomic_path, exclusive_lock, temporaries_of, write_a
 from pipeline.download import (default_mirrors, fetch_dataset, known_train_size, load_raw_dataset,
                                staging_directories, validate_dataset_name)
 from pipeline.errors import CheckpointError, GradientCheckError, ParameterError, PipelineError
-from pipeline.evaluation import evaluate_epochs
+from pipeline.evaluation import BackgroundEvaluator, confusion_matrix, evaluate_many, evaluate_snapshot, params_digest
 from pipeline.gradcheck import gradient_check_report
 from pipeline.network import TwoLayerNet
 from pipeline.preprocess import normalize_images, one_hot
@@ -319,22 +318,17 @@ class RunTask(DataTask):
         description="A date (YYYY-MM-DD) that becomes part of the run's identity: a scheduled job's "
                     "fresh run per day. Unset: runs are identified by their hyperparameters alone.",
     )
-    blas_threads = luigi.OptionalIntParameter(
-        default=None, significant=False, config_path=_from("training", "blas_threads"),
-        description="Threads of the matrix library in training and evaluation. Default: 1 in a worker "
-                    "process of --workers N (so N trainings do not fight over the cores), else all cores. "
-                    "The bits of a result depend on it: resume with the same value.",
+    blas_threads = luigi.IntParameter(
+        default=1, significant=False, config_path=_from("training", "blas_threads"),
+        description="Threads of the matrix library in training and evaluation. 1 (the default): training "
+                    "keeps one core and the evaluation of its checkpoints runs on a second, and N runs of "
+                    "--workers N do not fight over the cores. The last bits of a result depend on it: "
+                    "resume with the same value.",
     )
 
     def run(self):
-        with threadpool_limits(self.effective_blas_threads(), user_api="blas"):
+        with threadpool_limits(self.blas_threads, user_api="blas"):
             super().run()
-
-    def effective_blas_threads(self):
-        if self.blas_threads is not None:
-            return self.blas_threads
-        in_worker_process = multiprocessing.current_process().name != "MainProcess"
-        return 1 if in_worker_process else None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -368,6 +362,11 @@ class RunTask(DataTask):
     @property
     def run_dir(self):
         return Path(self.artifacts_dir) / self.dataset / self.run_id
+
+    @property
+    def figures_dir(self):
+        """Per-checkpoint accuracy and loss, written by TrainNetwork's background evaluation."""
+        return self.run_dir / "evaluation"
 
     def data_requirements(self):
         return {"images": NormalizeImages(**self.data_params()), "labels": EncodeLabels(**self.data_params())}
@@ -428,16 +427,29 @@ class TrainNetwork(RunTask):
 
     def leftovers(self):
         checkpoints = self.run_dir / "checkpoints"
-        return super().leftovers() + (list(checkpoints.glob(".iter-*.h5.*.tmp")) if checkpoints.is_dir() else [])
+        found = list(checkpoints.glob(".iter-*.h5.*.tmp")) if checkpoints.is_dir() else []
+        if self.figures_dir.is_dir():
+            found += list(self.figures_dir.glob(".iter-*.json.*.tmp"))
+        return super().leftovers() + found
 
     def make(self):
-        x_train, t_train, data_checksums = self.load_training_data()
+        images, labels = self.load_data()  # the test split too: each checkpoint is evaluated as it is saved
+        x_train = images["train"].astype(self.dtype, copy=False)
+        t_train = labels["train_labels"]  # integer labels: the same loss as one-hot, gathered faster
+        data_checksums = dict(images["attrs"].get("source_sha256", {}))
         validate_hyperparameters(**self._hyperparameters_to_validate(), train_size=x_train.shape[0])
         write_json_atomically(self.run_dir / "params.json", {"run_id": self.run_id, **self.hyperparameters()})
 
         checkpoints = self.run_dir / "checkpoints"
         network, rng, start, losses = self.resume_or_start(checkpoints)
         per_epoch = iterations_per_epoch(x_train.shape[0], self.batch_size)
+
+        def keep_figures(row, digest):
+            write_json_atomically(report.epoch_figures_path(self.figures_dir, row["iteration"]),
+                                  report.epoch_figures(row, digest))
+
+        evaluator = BackgroundEvaluator(images["train"], labels["train_labels"], images["test"], labels["test_labels"],
+                                        on_row=keep_figures)
 
         def save(iteration, losses_so_far):
             path = checkpoint.checkpoint_path(checkpoints, iteration)
@@ -446,19 +458,16 @@ class TrainNetwork(RunTask):
                 losses=losses_so_far, rng_state=rng.bit_generator.state, hyperparameters=self.hyperparameters(),
                 dataset=self.dataset, data_checksums=data_checksums, run_id=self.run_id,
             )
+            evaluator.submit(iteration / per_epoch, iteration, network.params)
             self.report_progress(iteration, per_epoch, losses_so_far)
 
-        train(network, x_train, t_train, batch_size=self.batch_size, learning_rate=self.learning_rate,
-              iterations=self.iterations, sampling=self.sampling, rng=rng,
-              start_iteration=start, losses=losses, on_checkpoint=save)
+        with evaluator:
+            train(network, x_train, t_train, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                  iterations=self.iterations, sampling=self.sampling, rng=rng,
+                  start_iteration=start, losses=losses, on_checkpoint=save)
+            evaluator.results()  # raises if an evaluation failed
         with atomic_path(self.output().path) as tmp:
             shutil.copyfile(checkpoint.checkpoint_path(checkpoints, self.iterations), tmp)
-
-    def load_training_data(self):
-        images, labels = self.load_data(parts=("train",))
-        x_train = images["train"].astype(self.dtype, copy=False)
-        t_train = labels["train_labels"]  # integer labels: the same loss as one-hot, gathered faster
-        return x_train, t_train, dict(images["attrs"].get("source_sha256", {}))
 
     def resume_or_start(self, checkpoints):
         """(network, rng, start iteration, losses so far) from the newest valid checkpoint,
@@ -508,12 +517,22 @@ class EvaluateNetwork(RunTask):
 
     def make(self):
         images, labels = self.load_data()
+        data = (images["train"], labels["train_labels"], images["test"], labels["test_labels"])
         snapshots = [checkpoint.load_checkpoint(path)
                      for path in checkpoint.list_checkpoints(self.run_dir / "checkpoints")]
-        rows, confusion = evaluate_epochs(
-            ((c.epoch, c.iteration, c.params) for c in snapshots),
-            images["train"], labels["train_labels"], images["test"], labels["test_labels"],
-        )
+        rows, recomputed = [], 0
+        for c in snapshots:
+            row = report.read_epoch_figures(report.epoch_figures_path(self.figures_dir, c.iteration),
+                                            params_digest(c.params))
+            if row is None:  # not evaluated during training (an older run, or training was interrupted)
+                figures, _ = evaluate_snapshot(c.params, *data)
+                row, recomputed = {"epoch": float(c.epoch), "iteration": int(c.iteration), **figures}, recomputed + 1
+            rows.append(row)
+        if recomputed:
+            logger.info("%s: evaluated %d of %d checkpoints here, the rest during training",
+                        self.run_id, recomputed, len(snapshots))
+        (_, _, predictions), = evaluate_many([snapshots[-1].params], images["test"], labels["test_labels"])
+        confusion = confusion_matrix(labels["test_labels"], predictions, snapshots[-1].params["b2"].size)
         final = snapshots[-1]
         report.append_run(Path(self.artifacts_dir) / "runs.csv", {
             "run_id": self.run_id, **self.hyperparameters(),

@@ -6,10 +6,12 @@ state, the same data and the same machine, every run produces the same bits.
 """
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from pipeline.errors import ParameterError, TrainingError
+from pipeline.functions import to_indices
 from pipeline.network import PARAM_NAMES
 
 SAMPLINGS = ("with-replacement", "shuffle")
@@ -60,12 +62,16 @@ def train(network, x_train, t_train, *, batch_size, learning_rate, iterations, s
           start_iteration=0, losses=None, on_checkpoint=None):
     """Run SGD on `network` in place from start_iteration up to `iterations`.
 
-    x_train: (n, input_size) in the network's dtype; t_train: one-hot (n, classes) or
-    integer labels (n,) (faster to gather, the same loss). rng: the numpy Generator that draws the mini-batches, in the
-    state it had at start_iteration. losses: the mini-batch losses of iterations
-    1..start_iteration when resuming. Sampling "with-replacement" draws each batch
-    independently (the seeds' np.random.choice); "shuffle" draws a permutation at each
-    epoch start and walks through it.
+    x_train: (n, input_size), any float dtype (converted to the network's row by row);
+    t_train: one-hot (n, classes) or integer labels (n,). rng: the numpy Generator that
+    draws the mini-batches, in the state it had at start_iteration. losses: the
+    mini-batch losses of iterations 1..start_iteration when resuming. Sampling
+    "with-replacement" draws each batch independently (the seeds' np.random.choice);
+    "shuffle" draws a permutation at each epoch start and walks through it.
+
+    The batches between two checkpoints are drawn together when the first of them
+    starts, so the generator's state at a checkpoint is all a resume needs. A second
+    thread gathers the rows of upcoming batches while the current ones train.
 
     on_checkpoint(iteration, losses) is called at 0 (when starting fresh), at every
     epoch boundary and at the end, after the update, with the network and rng in the
@@ -75,10 +81,10 @@ def train(network, x_train, t_train, *, batch_size, learning_rate, iterations, s
 
     Raises TrainingError when the loss or a parameter stops being finite.
     """
-    params = network.params
     train_size = x_train.shape[0]
     per_epoch = iterations_per_epoch(train_size, batch_size)
-    checkpoints = set(checkpoint_iterations(train_size, batch_size, iterations))
+    checkpoints = checkpoint_iterations(train_size, batch_size, iterations)
+    labels = to_indices(t_train, network.sizes[2])
 
     history = np.full(iterations, np.nan)
     if start_iteration:
@@ -90,51 +96,113 @@ def train(network, x_train, t_train, *, batch_size, learning_rate, iterations, s
         # the permutation of a half-walked epoch is not part of the saved state
         raise ValueError(f"shuffle sampling resumes only at an epoch boundary, not at {start_iteration}")
 
-    gather = _batch_gatherer(x_train, t_train, batch_size, network.dtype)
-    permutation = None
-    for i in range(start_iteration, iterations):
-        if sampling == "shuffle":
-            step = i % per_epoch
-            if step == 0:
-                permutation = rng.permutation(train_size)
-            batch_mask = permutation[step * batch_size:(step + 1) * batch_size]
-        else:
-            batch_mask = rng.integers(0, train_size, size=batch_size)
-        x_batch, t_batch = gather(batch_mask)
-
-        loss, steps = network.loss_and_gradient(x_batch, t_batch, scale=learning_rate)
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"the loss became {loss} at iteration {i + 1}: training diverged; "
-                f"try a smaller learning_rate than {learning_rate}"
-            )
-        for key in PARAM_NAMES:
-            params[key] -= steps[key]  # learning_rate * gradient
-        history[i] = loss
-
-        if i + 1 in checkpoints and on_checkpoint is not None:
-            _require_finite(params, i + 1, learning_rate)
-            on_checkpoint(i + 1, history[:i + 1])
+    with _RowGatherer(x_train, network.dtype) as gatherer:
+        for first, stop in zip(checkpoints, checkpoints[1:]):
+            if stop <= start_iteration:
+                continue
+            batches = _draw_batches(rng, sampling, train_size, batch_size, per_epoch, first, stop)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked just below
+                history[first:stop] = _sgd_steps(network, batches, labels, learning_rate, gatherer)
+            _require_finite_losses(history, first, stop, learning_rate)
+            _require_finite(network.params, stop, learning_rate)
+            if on_checkpoint is not None:
+                on_checkpoint(stop, history[:stop])
     return history
 
 
-def _batch_gatherer(x_train, t_train, batch_size, dtype):
-    """A function batch_mask -> (x_batch, t_batch) that fills the same arrays every step.
+def _draw_batches(rng, sampling, train_size, batch_size, per_epoch, first, stop):
+    """The row indices of iterations first..stop-1, one array per iteration, drawn from rng now.
 
-    Reused arrays: a fresh (batch, 784) array each step costs page faults, and gathering
-    rows straight into place (np.take with out=) saves a copy.
-    """
-    x_full = np.empty((batch_size,) + x_train.shape[1:], dtype=dtype)
-    t_full = np.empty((batch_size,) + t_train.shape[1:], dtype=t_train.dtype)
+    first is a checkpoint, so with shuffling it starts an epoch (or resumes at one)."""
+    steps = stop - first
+    if sampling == "shuffle":
+        batches = []
+        for start in range(first, stop, per_epoch):
+            permutation = rng.permutation(train_size)
+            walked = min(per_epoch, stop - start)
+            batches += [permutation[k * batch_size:(k + 1) * batch_size] for k in range(walked)]
+        return batches
+    return list(rng.integers(0, train_size, size=(steps, batch_size)))
 
-    def gather(batch_mask):
-        n = batch_mask.size  # the last batch of a shuffled epoch may be short
-        x_batch, t_batch = x_full[:n], t_full[:n]
-        np.take(x_train, batch_mask, axis=0, out=x_batch)
-        np.take(t_train, batch_mask, axis=0, out=t_batch)
-        return x_batch, t_batch
 
-    return gather
+CHUNK_ROWS = 4096  # rows gathered at a time by the second thread: a few MB, cache-sized
+
+
+def _sgd_steps(network, batches, labels, learning_rate, gatherer):
+    """One SGD step per batch of row indices; returns the mini-batch losses (float64) before each update.
+
+    Consecutive batches of one size form chunks whose rows the gatherer copies out on its
+    thread, one chunk ahead of the steps. The probability of each true class is kept
+    and the losses computed once at the end: -mean(log(p + 1e-7)) per batch, as
+    cross_entropy_error would."""
+    theta = network.theta
+    chunks = []
+    for k, batch in enumerate(batches):
+        size = batch.size
+        if chunks and chunks[-1][1] == size and (len(chunks[-1][2]) + 1) * size <= max(CHUNK_ROWS, size):
+            chunks[-1][2].append(k)
+        else:
+            chunks.append((k, size, [k]))
+    losses = np.empty(len(batches))
+    pending = gatherer.submit(batches, chunks[0]) if chunks else None
+    for n, (_, size, steps) in enumerate(chunks):
+        rows = pending.result()
+        if n + 1 < len(chunks):
+            pending = gatherer.submit(batches, chunks[n + 1])
+        backprop = network.backprop(size)
+        x, step = backprop.x[:, :-1], backprop.run
+        grad = backprop.flat_grad
+        positions = backprop.label_positions(labels[np.concatenate([batches[k] for k in steps])].reshape(-1, size))
+        p = np.empty((len(steps), size), dtype=network.dtype)
+        for j in range(len(steps)):
+            np.copyto(x, rows[j * size:(j + 1) * size])
+            step(positions[j], p[j], learning_rate)
+            np.subtract(theta, grad, out=theta)
+        np.log(p + 1e-7, out=p)
+        losses[steps[0]:steps[-1] + 1] = -p.sum(axis=1, dtype=np.float64) / size
+    return losses
+
+
+class _RowGatherer:
+    """A second thread that copies the rows of the next chunk of batches out of x_train.
+
+    Gathering 100 random rows is bound by memory latency, as long as a matrix product
+    of the step itself; on another core it overlaps with the steps. Two buffers
+    alternate: a chunk's rows stay untouched until the chunk after next is gathered."""
+
+    def __init__(self, x_train, dtype):
+        self.x_train = x_train
+        self.buffers = [np.empty((0, x_train.shape[1]), dtype=dtype) for _ in range(2)]
+        self.turn = 0
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gather-rows")
+
+    def submit(self, batches, chunk):
+        _, size, steps = chunk
+        indices = np.concatenate([batches[k] for k in steps])
+        buffer = self.buffers[self.turn]
+        if buffer.shape[0] < indices.size:
+            buffer = self.buffers[self.turn] = np.empty((indices.size,) + buffer.shape[1:], dtype=buffer.dtype)
+        self.turn ^= 1
+        out = buffer[:indices.size]
+        if self.x_train.dtype == out.dtype:
+            return self.pool.submit(np.take, self.x_train, indices, axis=0, out=out, mode="clip")  # indices are valid: clip skips a buffered copy
+        return self.pool.submit(lambda: np.copyto(out, self.x_train[indices]) or out)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _require_finite_losses(history, first, stop, learning_rate):
+    bad = np.flatnonzero(~np.isfinite(history[first:stop]))
+    if bad.size:
+        i = first + int(bad[0])
+        raise TrainingError(
+            f"the loss became {history[i]} at iteration {i + 1}: training diverged; "
+            f"try a smaller learning_rate than {learning_rate}"
+        )
 
 
 def _require_finite(params, iteration, learning_rate):

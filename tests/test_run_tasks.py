@@ -1,6 +1,7 @@
 """CheckGradient, TrainNetwork and EvaluateNetwork through Luigi, on small generated datasets."""
 
 import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from luigi.execution_summary import LuigiStatusCode
 
-from pipeline import checkpoint, processed, report, tasks
+from pipeline import checkpoint, evaluation, processed, report, tasks
 from pipeline.errors import ParameterError
 from pipeline.network import PARAM_NAMES, TwoLayerNet
 
@@ -114,17 +115,13 @@ def test_a_batch_larger_than_the_training_set_is_rejected_before_training(chain)
     assert not (tasks.TrainNetwork(**params).run_dir / "checkpoints").exists()
 
 
-def test_a_nan_loss_fails_the_task_and_leaves_no_model(chain, monkeypatch):
-    def poisoned(self, x, t):
-        loss, grads = original(self, x, t)
-        return float("nan"), grads
-
-    original = TwoLayerNet.loss_and_gradient
-    monkeypatch.setattr(TwoLayerNet, "loss_and_gradient", poisoned)
-    assert run(tasks.TrainNetwork, **chain) == LuigiStatusCode.FAILED
-    task = tasks.TrainNetwork(**chain)
+def test_a_diverging_run_fails_the_task_and_leaves_no_model(chain, caplog):
+    params = {**chain, "learning_rate": 1e300}  # the first update sends the weights to infinity
+    assert run(tasks.TrainNetwork, **params) == LuigiStatusCode.FAILED
+    task = tasks.TrainNetwork(**params)
     assert not task.complete()
     assert [checkpoint.load_checkpoint(p).iteration for p in checkpoint.list_checkpoints(task.run_dir / "checkpoints")] == [0]
+    assert "training diverged; try a smaller learning_rate than 1e+300" in caplog.text
 
 
 def test_report_figures_agree_with_the_checkpoints_they_came_from(chain):
@@ -149,3 +146,43 @@ def test_report_figures_agree_with_the_checkpoints_they_came_from(chain):
     runs = report.read_runs(Path(chain["artifacts_dir"]) / "runs.csv")
     assert [r["run_id"] for r in runs] == [task.run_id]
     assert float(runs[0]["test_accuracy"]) == metrics["final"]["test_accuracy"]
+
+
+def test_checkpoints_are_evaluated_during_training_with_the_figures_evaluate_network_would_compute(chain, caplog):
+    assert run(tasks.TrainNetwork, **chain) == LuigiStatusCode.SUCCESS
+    task = tasks.EvaluateNetwork(**chain)
+    paths = checkpoint.list_checkpoints(task.run_dir / "checkpoints")
+    kept = {}
+    for path in paths:  # one file of figures per checkpoint, tied to its weights by their digest
+        c = checkpoint.load_checkpoint(path)
+        figures = json.loads(report.epoch_figures_path(task.figures_dir, c.iteration).read_text())
+        assert figures["params_sha256"] == evaluation.params_digest(c.params)
+        assert figures["iteration"] == c.iteration
+        kept[c.iteration] = figures
+    assert run(tasks.EvaluateNetwork, **chain) == LuigiStatusCode.SUCCESS
+    assert "checkpoints here" not in caplog.text  # nothing recomputed
+    during_training = json.loads((task.run_dir / "report" / "metrics.json").read_text())["epochs"]
+    assert [row["test_accuracy"] for row in during_training] == [kept[i]["test_accuracy"] for i in sorted(kept)]
+
+    # the same report from scratch, every checkpoint evaluated by EvaluateNetwork itself: the same bits
+    shutil.rmtree(task.run_dir / "report")
+    shutil.rmtree(task.figures_dir)
+    assert run(tasks.EvaluateNetwork, **chain) == LuigiStatusCode.SUCCESS
+    assert f"evaluated {len(paths)} of {len(paths)} checkpoints here" in caplog.text
+    recomputed = json.loads((task.run_dir / "report" / "metrics.json").read_text())["epochs"]
+    assert recomputed == during_training
+
+
+def test_figures_that_do_not_match_their_checkpoint_are_recomputed(chain, caplog):
+    assert run(tasks.TrainNetwork, **chain) == LuigiStatusCode.SUCCESS
+    task = tasks.EvaluateNetwork(**chain)
+    stale = report.epoch_figures_path(task.figures_dir, 12)
+    figures = json.loads(stale.read_text())
+    true_accuracy = figures["test_accuracy"]
+    stale.write_text(json.dumps({**figures, "test_accuracy": 0.0, "params_sha256": "0" * 64}))
+    report.epoch_figures_path(task.figures_dir, 24).write_text("{not json")
+    report.epoch_figures_path(task.figures_dir, 36).unlink()
+    assert run(tasks.EvaluateNetwork, **chain) == LuigiStatusCode.SUCCESS
+    assert "evaluated 3 of 11 checkpoints here" in caplog.text
+    epochs = json.loads((task.run_dir / "report" / "metrics.json").read_text())["epochs"]
+    assert epochs[1]["iteration"] == 12 and epochs[1]["test_accuracy"] == true_accuracy

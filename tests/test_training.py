@@ -6,7 +6,9 @@ import pytest
 from pipeline.errors import ParameterError, TrainingError
 from pipeline.evaluation import confusion_matrix, evaluate, evaluate_many
 from pipeline.network import PARAM_NAMES, TwoLayerNet
-from pipeline.training import checkpoint_iterations, iterations_per_epoch, train, validate_hyperparameters
+from pipeline import training
+from pipeline.training import (_draw_batches, checkpoint_iterations, iterations_per_epoch, train,
+                               validate_hyperparameters)
 
 
 def blobs(n, seed, dtype=np.float32):
@@ -130,17 +132,43 @@ def test_invalid_hyperparameters_are_named(change, message):
 
 
 def test_shuffle_covers_every_image_once_per_epoch_even_with_a_short_last_batch():
-    x, t, labels = blobs(530, 0)  # batch 50: ten full batches and one of 30
-    seen = []
+    # 530 images in batches of 50: ten full batches and one of 30 per epoch
+    batches = _draw_batches(np.random.default_rng(0), "shuffle", 530, 50, 11, 0, 22)
+    assert [b.size for b in batches] == ([50] * 10 + [30]) * 2
+    for epoch in (batches[:11], batches[11:]):
+        assert np.array_equal(np.sort(np.concatenate(epoch)), np.arange(530))
+    assert not np.array_equal(np.concatenate(batches[:11]), np.concatenate(batches[11:]))
 
-    class Recorder(TwoLayerNet):
-        def loss_and_gradient(self, x_batch, t_batch, scale=1.0):
-            seen.append(x_batch.shape[0])
-            return super().loss_and_gradient(x_batch, t_batch, scale)
 
-    net = Recorder(784, 20, 10, rng=np.random.default_rng(0))
-    train(net, x, t, batch_size=50, learning_rate=0.1, iterations=22, sampling="shuffle", rng=np.random.default_rng(0))
-    assert seen == ([50] * 10 + [30]) * 2
+def test_with_replacement_draws_full_batches_from_the_whole_set():
+    batches = _draw_batches(np.random.default_rng(0), "with-replacement", 530, 50, 11, 0, 200)
+    drawn = np.concatenate(batches)
+    assert len(batches) == 200 and all(b.size == 50 for b in batches)
+    assert drawn.min() >= 0 and drawn.max() < 530 and np.unique(drawn).size > 500
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sampling", ["with-replacement", "shuffle"])
+def test_training_is_bit_identical_to_plain_sgd_with_loss_and_gradient(sampling, dtype, monkeypatch):
+    """The fast loop (prefetched rows, fused update, deferred losses) changes no bit of plain SGD:
+    for each batch, loss_and_gradient then params -= grads. Small chunks force several
+    gathers per segment; 530 rows in batches of 50 give a short batch per epoch."""
+    monkeypatch.setattr(training, "CHUNK_ROWS", 120)
+    x, t, labels = blobs(530, 0, dtype)
+    fast, plain = fresh(dtype=dtype), fresh(dtype=dtype)
+    losses = train(fast, x, t, batch_size=50, learning_rate=0.2, iterations=25, sampling=sampling,
+                   rng=np.random.default_rng(3))
+
+    rng, expected = np.random.default_rng(3), []
+    for first, stop in [(0, 11), (11, 22), (22, 25)]:
+        for batch in _draw_batches(rng, sampling, 530, 50, 11, first, stop):
+            loss, grads = plain.loss_and_gradient(x[batch], labels[batch], scale=0.2)
+            expected.append(loss)
+            plain.theta -= plain.backprop(batch.size).flat_grad
+    for key in PARAM_NAMES:
+        assert fast.params[key].tobytes() == plain.params[key].tobytes()
+    np.testing.assert_allclose(losses, expected, rtol=1e-6)
+    assert losses[-1] < losses[0]
 
 
 def test_integer_labels_train_bit_identically_to_one_hot():
