@@ -45,10 +45,15 @@ def main():
     args = parser.parse_args()
     if not FASHION.is_dir():
         sys.exit("needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+    measure_chain(args.repeats)
+
+
+def measure_chain(repeats):
+    """Print the chain's figures (bench_training.py calls this too, to print everything in one run)."""
     common = ["--dataset", "fashion-mnist", "--local-dirs", f'["{FASHION}"]', "--mirrors", "[]"]
 
     normalize = []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         with tempfile.TemporaryDirectory() as work:
             timed([BIN / "luigi", "--module", "pipeline.tasks", "DownloadDataset", "--local-scheduler", *common], work)
             normalize.append(timed([BIN / "luigi", "--module", "pipeline.tasks", "NormalizeImages",
@@ -62,7 +67,7 @@ def main():
         train_wall, train_peak = timed([BIN / "luigi", "--module", "pipeline.tasks", "TrainNetwork",
                                         "--local-scheduler", *common], work)
         first, _ = timed([BIN / "mnist-pipeline", "run", *common[:2]], work)
-        cached = [timed([BIN / "mnist-pipeline", "run", *common[:2]], work)[0] for _ in range(args.repeats)]
+        cached = [timed([BIN / "mnist-pipeline", "run", *common[:2]], work)[0] for _ in range(repeats)]
     finally:
         shutil.rmtree(work)
 

@@ -1,7 +1,7 @@
 """Training + per-epoch evaluation: the pipeline against the book's algorithm and PyTorch.
 
-    .venv/bin/python bench/bench_training.py            # 3 repeats of each, interleaved
-    .venv/bin/python bench/bench_training.py --repeats 1 --iterations 2000
+    .venv/bin/python bench/bench_training.py            # 3 repeats of each, interleaved, then the chain
+    .venv/bin/python bench/bench_training.py --repeats 1 --iterations 2000 --skip-chain
 
 Every implementation trains the 784-50-10 network for the same number of iterations of
 batch 100 on the same data (real Fashion-MNIST when Debian's dataset-fashion-mnist is
@@ -21,6 +21,9 @@ Rows:
   times the Luigi tasks with their HDF5 files).
 - pytorch: the same algorithm in torch on the CPU, float32, 2 threads; skipped when
   torch is not importable (it is not a dependency of the project).
+
+Then, with real Fashion-MNIST, the chain's figures from bench/bench_chain.py: normalization
+time, a fully cached rerun of `mnist-pipeline run` and the peak memory of TrainNetwork.
 """
 
 import argparse
@@ -223,6 +226,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=10000)
     parser.add_argument("--generated", action="store_true", help="generated data even if Fashion-MNIST is installed")
+    parser.add_argument("--skip-chain", action="store_true",
+                        help="skip the chain's figures (normalization, cached rerun, peak memory: bench_chain.py)")
     args = parser.parse_args()
 
     x_train, t_train, x_test, t_test, description = load_data(args.generated)
@@ -254,6 +259,13 @@ def main():
             times["pytorch (CPU float32, 2 threads)"])
         print(f"\npipeline / pytorch: {ratio:.2f}")
     print("(accuracy: the last repeat's final test accuracy; evals: full train+test evaluations)")
+    if not args.skip_chain:
+        print()
+        if FASHION.is_dir():
+            import bench_chain
+            bench_chain.measure_chain(args.repeats)
+        else:
+            print("chain figures skipped: they need real Fashion-MNIST (apt-get install dataset-fashion-mnist)")
 
 
 if __name__ == "__main__":
