@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ParameterError, TrainingError
-from pipeline.evaluation import confusion_matrix, evaluate, evaluate_many
+from pipeline.evaluation import (BackgroundEvaluator, confusion_matrix, evaluate, evaluate_epochs, evaluate_many,
+                                 params_digest)
 from pipeline.network import PARAM_NAMES, TwoLayerNet
 from pipeline import training
 from pipeline.training import (_draw_batches, checkpoint_iterations, iterations_per_epoch, train,
@@ -191,3 +192,30 @@ def test_evaluating_many_networks_at_once_matches_one_at_a_time():
         alone = evaluate(net.params, x, labels, chunk_size=256)
         assert accuracy == alone[0] and np.array_equal(predictions, alone[2])
         assert loss == pytest.approx(alone[1], rel=1e-6)
+
+
+def test_the_background_evaluator_gives_evaluate_epochs_rows_in_order_and_raises_its_errors():
+    x, _, labels = blobs(700, 3)
+    nets = [fresh(seed) for seed in range(3)]
+    train(nets[2], x, labels, batch_size=50, learning_rate=0.3, iterations=30, sampling="shuffle",
+          rng=np.random.default_rng(0))
+    submitted, stored = [], []
+    with BackgroundEvaluator(x[:500], labels[:500], x[500:], labels[500:],
+                             on_row=lambda row, digest: stored.append((row["iteration"], digest))) as evaluator:
+        for k, net in enumerate(nets):
+            evaluator.submit(k / 2, k * 7, net.params)
+            submitted.append((k / 2, k * 7, {key: value.copy() for key, value in net.params.items()}))
+            net.params["W1"][...] = 0  # the evaluator copied the weights when they were submitted
+        rows = [row for row, _ in evaluator.results()]
+    expected, _ = evaluate_epochs(submitted, x[:500], labels[:500], x[500:], labels[500:])
+    assert rows == expected and [row["iteration"] for row in rows] == [0, 7, 14]
+    assert rows[2]["train_loss"] < rows[0]["train_loss"]
+    assert stored == [(i, params_digest(params)) for _, i, params in submitted]
+
+    def full_disk(row, digest):
+        raise OSError(28, "No space left on device")
+
+    with BackgroundEvaluator(x, labels, x, labels, on_row=full_disk) as evaluator:
+        evaluator.submit(0, 0, fresh().params)
+        with pytest.raises(OSError, match="No space left"):
+            evaluator.results()
