@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from pipeline.functions import sigmoid, softmax, to_indices
+from pipeline.network import PARAM_NAMES
 
 
 def evaluate(params, x, t, chunk_size=10000):
@@ -70,40 +71,50 @@ def evaluate_many(param_sets, x, t, chunk_size=10000, max_columns=1024):
     return results
 
 
-def evaluate_snapshot(params, x_train, t_train, x_test, t_test, chunk_size=10000):
-    """The figures of one network for its per-epoch row: ({train,test}_{accuracy,loss}), test predictions).
+def evaluate_snapshot(epoch, iteration, params, x_train, t_train, x_test, t_test, chunk_size=10000):
+    """The per-epoch row of one network (epoch, iteration, {train,test}_{accuracy,loss}) and its test predictions.
 
     Training's background evaluation and EvaluateNetwork both come here, one network at
     a time, so a row has the same bits whichever of them computed it."""
     (train_accuracy, train_loss, _), = evaluate_many([params], x_train, t_train, chunk_size)
     (test_accuracy, test_loss, test_predictions), = evaluate_many([params], x_test, t_test, chunk_size)
-    figures = {"train_accuracy": train_accuracy, "train_loss": train_loss,
-               "test_accuracy": test_accuracy, "test_loss": test_loss}
-    return figures, test_predictions
+    row = {"epoch": float(epoch), "iteration": int(iteration),
+           "train_accuracy": train_accuracy, "train_loss": train_loss,
+           "test_accuracy": test_accuracy, "test_loss": test_loss}
+    return row, test_predictions
 
 
-def evaluate_epochs(snapshots, x_train, t_train, x_test, t_test, chunk_size=10000):
+def evaluate_epochs(snapshots, x_train, t_train, x_test, t_test, chunk_size=10000, kept=None):
     """Per-epoch figures for a run: one row per snapshot, in the order given.
 
     snapshots: iterable of (epoch, iteration, params), e.g. loaded checkpoints.
+    kept(iteration, params_digest) -> row or None: figures computed earlier (during
+    training) for these very weights; a snapshot it has no row for is evaluated here.
     Returns (rows, confusion) where each row holds epoch, iteration and the accuracy and
     mean loss over the whole training and test sets, and confusion is the test-set
     confusion matrix of the last snapshot.
     """
-    rows, predictions, n_classes = [], None, None
+    rows, predictions, params = [], None, None
     for epoch, iteration, params in snapshots:
-        figures, predictions = evaluate_snapshot(params, x_train, t_train, x_test, t_test, chunk_size)
-        rows.append({"epoch": float(epoch), "iteration": int(iteration), **figures})
-        n_classes = params["b2"].size
+        row = kept(int(iteration), params_digest(params)) if kept is not None else None
+        if row is None:
+            row, predictions = evaluate_snapshot(epoch, iteration, params, x_train, t_train, x_test, t_test,
+                                                 chunk_size)
+        else:
+            predictions = None
+        rows.append(row)
     if not rows:
         raise ValueError("no snapshots to evaluate")
+    if predictions is None:  # the last row was kept: only its test predictions are needed, for the confusion
+        predictions = evaluate(params, x_test, t_test, chunk_size)[2]
+    n_classes = params["b2"].size
     return rows, confusion_matrix(to_indices(t_test, n_classes), predictions, n_classes)
 
 
 def params_digest(params):
     """sha256 of a network's parameters (W1, b1, W2, b2 bytes, with their dtype and shapes)."""
     digest = hashlib.sha256()
-    for key in ("W1", "b1", "W2", "b2"):
+    for key in PARAM_NAMES:
         value = np.ascontiguousarray(params[key])
         digest.update(f"{key}:{value.dtype.str}:{value.shape};".encode())
         digest.update(value.tobytes())
@@ -129,12 +140,11 @@ class BackgroundEvaluator:
 
     def submit(self, epoch, iteration, params):
         """Queue a snapshot; params are copied now, so training may go on changing its own."""
-        params = {key: np.array(params[key], copy=True) for key in ("W1", "b1", "W2", "b2")}
-        self.futures.append(self.pool.submit(self._evaluate, float(epoch), int(iteration), params))
+        params = {key: np.array(params[key], copy=True) for key in PARAM_NAMES}
+        self.futures.append(self.pool.submit(self._evaluate, epoch, iteration, params))
 
     def _evaluate(self, epoch, iteration, params):
-        figures, predictions = evaluate_snapshot(params, *self.data, chunk_size=self.chunk_size)
-        row = {"epoch": epoch, "iteration": iteration, **figures}
+        row, predictions = evaluate_snapshot(epoch, iteration, params, *self.data, chunk_size=self.chunk_size)
         if self.on_row is not None:
             self.on_row(row, params_digest(params))
         return row, predictions

@@ -26,23 +26,24 @@ def epoch_figures_path(figures_dir, iteration):
     return Path(figures_dir) / f"iter-{iteration:08d}.json"
 
 
-def epoch_figures(row, params_sha256):
-    """The JSON kept for one evaluated checkpoint: its row and the digest of the weights it came from."""
-    return {**{key: row[key] for key in EPOCH_COLUMNS}, "params_sha256": params_sha256,
-            "format_version": FIGURES_VERSION}
+def write_epoch_figures(figures_dir, row, params_sha256):
+    """Keep one evaluated checkpoint's row with the digest of the weights it came from (atomically)."""
+    kept = {**_epoch_row(row["iteration"], row), "params_sha256": params_sha256, "format_version": FIGURES_VERSION}
+    write_atomically(epoch_figures_path(figures_dir, row["iteration"]), json.dumps(kept, indent=2) + "\n")
 
 
-def read_epoch_figures(path, params_sha256):
-    """The row kept at `path` if it was computed from weights with this digest, else None.
+def read_epoch_figures(figures_dir, iteration, params_sha256):
+    """The row kept for the checkpoint at `iteration` if it was computed from weights with this
+    digest, else None.
 
     A missing, unreadable or foreign file is None, not an error: the figures are a cache
     that EvaluateNetwork recomputes from the checkpoint."""
     try:
-        kept = json.loads(Path(path).read_text())
+        kept = json.loads(epoch_figures_path(figures_dir, iteration).read_text())
         if kept.get("params_sha256") != params_sha256 or kept.get("format_version") != FIGURES_VERSION:
             return None
-        return {key: (int(kept[key]) if key == "iteration" else float(kept[key])) for key in EPOCH_COLUMNS}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return _epoch_row(iteration, kept)
+    except (OSError, ValueError, TypeError, AttributeError):  # _epoch_row's missing key is a ValueError
         return None
 
 

@@ -25,7 +25,7 @@ from pipeline.atomic import atomic_path, exclusive_lock, temporaries_of, write_a
 from pipeline.download import (default_mirrors, fetch_dataset, known_train_size, load_raw_dataset,
                                staging_directories, validate_dataset_name)
 from pipeline.errors import CheckpointError, GradientCheckError, ParameterError, PipelineError
-from pipeline.evaluation import BackgroundEvaluator, confusion_matrix, evaluate_many, evaluate_snapshot, params_digest
+from pipeline.evaluation import BackgroundEvaluator, evaluate_epochs
 from pipeline.gradcheck import gradient_check_report
 from pipeline.network import TwoLayerNet
 from pipeline.preprocess import normalize_images, one_hot
@@ -444,12 +444,8 @@ class TrainNetwork(RunTask):
         network, rng, start, losses = self.resume_or_start(checkpoints)
         per_epoch = iterations_per_epoch(x_train.shape[0], self.batch_size)
 
-        def keep_figures(row, digest):
-            write_json_atomically(report.epoch_figures_path(self.figures_dir, row["iteration"]),
-                                  report.epoch_figures(row, digest))
-
         evaluator = BackgroundEvaluator(images["train"], labels["train_labels"], images["test"], labels["test_labels"],
-                                        on_row=keep_figures)
+                                        on_row=lambda row, digest: report.write_epoch_figures(self.figures_dir, row, digest))
 
         def save(iteration, losses_so_far):
             path = checkpoint.checkpoint_path(checkpoints, iteration)
@@ -517,22 +513,23 @@ class EvaluateNetwork(RunTask):
 
     def make(self):
         images, labels = self.load_data()
-        data = (images["train"], labels["train_labels"], images["test"], labels["test_labels"])
         snapshots = [checkpoint.load_checkpoint(path)
                      for path in checkpoint.list_checkpoints(self.run_dir / "checkpoints")]
-        rows, recomputed = [], 0
-        for c in snapshots:
-            row = report.read_epoch_figures(report.epoch_figures_path(self.figures_dir, c.iteration),
-                                            params_digest(c.params))
-            if row is None:  # not evaluated during training (an older run, or training was interrupted)
-                figures, _ = evaluate_snapshot(c.params, *data)
-                row, recomputed = {"epoch": float(c.epoch), "iteration": int(c.iteration), **figures}, recomputed + 1
-            rows.append(row)
-        if recomputed:
+        missing = []
+
+        def kept(iteration, digest):  # the figures TrainNetwork kept while training, if they fit
+            row = report.read_epoch_figures(self.figures_dir, iteration, digest)
+            if row is None:  # an older run, or training was interrupted: evaluated here
+                missing.append(iteration)
+            return row
+
+        rows, confusion = evaluate_epochs(
+            ((c.epoch, c.iteration, c.params) for c in snapshots),
+            images["train"], labels["train_labels"], images["test"], labels["test_labels"], kept=kept,
+        )
+        if missing:
             logger.info("%s: evaluated %d of %d checkpoints here, the rest during training",
-                        self.run_id, recomputed, len(snapshots))
-        (_, _, predictions), = evaluate_many([snapshots[-1].params], images["test"], labels["test_labels"])
-        confusion = confusion_matrix(labels["test_labels"], predictions, snapshots[-1].params["b2"].size)
+                        self.run_id, len(missing), len(snapshots))
         final = snapshots[-1]
         report.append_run(Path(self.artifacts_dir) / "runs.csv", {
             "run_id": self.run_id, **self.hyperparameters(),
