@@ -15,9 +15,8 @@ Rows:
 - baseline: the book's algorithm (ch04 train_neuralnet.py with TwoLayerNet.gradient),
   float64, written out plainly below: np.random.choice batches, a loss recomputed after
   every update, accuracy over both sets whenever i % iter_per_epoch == 0.
-- pipeline: pipeline.training.train with a pipeline.evaluation.BackgroundEvaluator, float32,
-  as TrainNetwork runs them: each checkpoint's weights are evaluated on a second thread
-  while training goes on (checkpoint files are not written here; bench/bench_chain.py
+- pipeline: pipeline.training.train_evaluating, float32, as TrainNetwork calls it: each
+  checkpoint's weights are evaluated on a second thread while training goes on (checkpoint files are not written here; bench/bench_chain.py
   times the Luigi tasks with their HDF5 files).
 - pytorch: the same algorithm in torch on the CPU, float32, 2 threads; skipped when
   torch is not importable (it is not a dependency of the project).
@@ -37,9 +36,8 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.evaluation import BackgroundEvaluator  # noqa: E402
 from pipeline.network import TwoLayerNet  # noqa: E402
-from pipeline.training import checkpoint_iterations, iterations_per_epoch, train  # noqa: E402
+from pipeline.training import checkpoint_iterations, iterations_per_epoch, train_evaluating  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -163,14 +161,9 @@ def run_pipeline(data, iterations, seed):
     x_train, t_train, x_test, t_test = data
     rng = np.random.default_rng(seed)
     network = TwoLayerNet(784, 50, 10, weight_init_std=0.01, rng=rng, dtype=np.float32)
-    per_epoch = iterations_per_epoch(x_train.shape[0], 100)
-    # as TrainNetwork runs it: the matrix library on one thread, training on this thread and
-    # each checkpoint's evaluation on a second one
-    with threadpool_limits(1, user_api="blas"), BackgroundEvaluator(x_train, t_train, x_test, t_test) as evaluator:
-        train(network, x_train, t_train, batch_size=100, learning_rate=0.1, iterations=iterations,
-              sampling="with-replacement", rng=rng,
-              on_checkpoint=lambda iteration, losses: evaluator.submit(iteration / per_epoch, iteration, network.params))
-        rows = [row for row, _ in evaluator.results()]
+    with threadpool_limits(1, user_api="blas"):  # TrainNetwork's default blas_threads
+        _, rows = train_evaluating(network, x_train, t_train, x_test, t_test, batch_size=100, learning_rate=0.1,
+                                   iterations=iterations, sampling="with-replacement", rng=rng)
     assert len(rows) == len(checkpoint_iterations(x_train.shape[0], 100, iterations))
     return rows[-1]["test_accuracy"], len(rows)
 

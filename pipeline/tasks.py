@@ -25,13 +25,13 @@ from pipeline.atomic import atomic_path, exclusive_lock, temporaries_of, write_a
 from pipeline.download import (default_mirrors, fetch_dataset, known_train_size, load_raw_dataset,
                                staging_directories, validate_dataset_name)
 from pipeline.errors import CheckpointError, GradientCheckError, ParameterError, PipelineError
-from pipeline.evaluation import BackgroundEvaluator, evaluate_epochs
+from pipeline.evaluation import evaluate_epochs
 from pipeline.gradcheck import gradient_check_report
 from pipeline.network import TwoLayerNet
 from pipeline.preprocess import normalize_images, one_hot
 from pipeline.runs import run_name, sweep_name, validate_run_date
 from pipeline.sweep import write_sweep_summary
-from pipeline.training import iterations_per_epoch, train, validate_hyperparameters
+from pipeline.training import iterations_per_epoch, train_evaluating, validate_hyperparameters
 
 # Hyperparameter and path defaults are shared by every task through one section of
 # luigi.cfg ([training], [paths]); luigi calls that lookup "config_path" and warns that
@@ -444,9 +444,6 @@ class TrainNetwork(RunTask):
         network, rng, start, losses = self.resume_or_start(checkpoints)
         per_epoch = iterations_per_epoch(x_train.shape[0], self.batch_size)
 
-        evaluator = BackgroundEvaluator(images["train"], labels["train_labels"], images["test"], labels["test_labels"],
-                                        on_row=lambda row, digest: report.write_epoch_figures(self.figures_dir, row, digest))
-
         def save(iteration, losses_so_far):
             path = checkpoint.checkpoint_path(checkpoints, iteration)
             checkpoint.save_checkpoint(
@@ -454,14 +451,12 @@ class TrainNetwork(RunTask):
                 losses=losses_so_far, rng_state=rng.bit_generator.state, hyperparameters=self.hyperparameters(),
                 dataset=self.dataset, data_checksums=data_checksums, run_id=self.run_id,
             )
-            evaluator.submit(iteration / per_epoch, iteration, network.params)
             self.report_progress(iteration, per_epoch, losses_so_far)
 
-        with evaluator:
-            train(network, x_train, t_train, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                  iterations=self.iterations, sampling=self.sampling, rng=rng,
-                  start_iteration=start, losses=losses, on_checkpoint=save)
-            evaluator.results()  # raises if an evaluation failed
+        train_evaluating(network, x_train, t_train, images["test"], labels["test_labels"],
+                         batch_size=self.batch_size, learning_rate=self.learning_rate, iterations=self.iterations,
+                         sampling=self.sampling, rng=rng, start_iteration=start, losses=losses, on_checkpoint=save,
+                         on_row=lambda row, digest: report.write_epoch_figures(self.figures_dir, row, digest))
         with atomic_path(self.output().path) as tmp:
             shutil.copyfile(checkpoint.checkpoint_path(checkpoints, self.iterations), tmp)
 

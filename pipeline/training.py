@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from pipeline.errors import ParameterError, TrainingError
+from pipeline.evaluation import BackgroundEvaluator
 from pipeline.functions import to_indices
 from pipeline.network import PARAM_NAMES
 
@@ -108,6 +109,26 @@ def train(network, x_train, t_train, *, batch_size, learning_rate, iterations, s
             if on_checkpoint is not None:
                 on_checkpoint(stop, history[:stop])
     return history
+
+
+def train_evaluating(network, x_train, t_train, x_test, t_test, *, on_checkpoint=None, on_row=None, **sgd):
+    """train(), with the weights of every checkpoint evaluated on a second thread while training
+    goes on (evaluation.BackgroundEvaluator). `sgd`: train()'s keyword arguments.
+
+    on_checkpoint(iteration, losses) as in train(), called before that checkpoint's weights
+    are queued; on_row(row, params_digest) on the evaluating thread for each finished row.
+    Returns (losses, rows): rows of the checkpoints passed in this call, in order. Raises
+    the first error of training or of an evaluation.
+    """
+    per_epoch = iterations_per_epoch(x_train.shape[0], sgd["batch_size"])
+    with BackgroundEvaluator(x_train, t_train, x_test, t_test, on_row=on_row) as evaluator:
+        def checkpoint(iteration, losses):
+            if on_checkpoint is not None:
+                on_checkpoint(iteration, losses)
+            evaluator.submit(iteration / per_epoch, iteration, network.params)
+
+        losses = train(network, x_train, t_train, on_checkpoint=checkpoint, **sgd)
+        return losses, [row for row, _ in evaluator.results()]
 
 
 def _draw_batches(rng, sampling, train_size, batch_size, per_epoch, first, stop):
