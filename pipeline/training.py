@@ -152,36 +152,42 @@ CHUNK_ROWS = 4096  # rows gathered at a time by the second thread: a few MB, cac
 def _sgd_steps(network, batches, labels, learning_rate, gatherer):
     """One SGD step per batch of row indices; returns the mini-batch losses (float64) before each update.
 
-    Consecutive batches of one size form chunks whose rows the gatherer copies out on its
-    thread, one chunk ahead of the steps. The probability of each true class is kept
-    and the losses computed once at the end: -mean(log(p + 1e-7)) per batch, as
-    cross_entropy_error would."""
+    The gatherer copies out the rows of each chunk of batches on its thread, one chunk
+    ahead of the steps. The probability of each true class is kept and the losses
+    computed once per chunk: -mean(log(p + 1e-7)) per batch, as cross_entropy_error would."""
     theta = network.theta
-    chunks = []
-    for k, batch in enumerate(batches):
-        size = batch.size
-        if chunks and chunks[-1][1] == size and (len(chunks[-1][2]) + 1) * size <= max(CHUNK_ROWS, size):
-            chunks[-1][2].append(k)
-        else:
-            chunks.append((k, size, [k]))
     losses = np.empty(len(batches))
-    pending = gatherer.submit(batches, chunks[0]) if chunks else None
-    for n, (_, size, steps) in enumerate(chunks):
+    chunks = _chunks(batches)
+    pending = gatherer.submit(chunks[0][1]) if chunks else None
+    for n, (first, indices) in enumerate(chunks):
         rows = pending.result()
         if n + 1 < len(chunks):
-            pending = gatherer.submit(batches, chunks[n + 1])
+            pending = gatherer.submit(chunks[n + 1][1])
+        steps, size = indices.shape
         backprop = network.backprop(size)
-        x, step = backprop.x[:, :-1], backprop.run
-        grad = backprop.flat_grad
-        positions = backprop.label_positions(labels[np.concatenate([batches[k] for k in steps])].reshape(-1, size))
-        p = np.empty((len(steps), size), dtype=network.dtype)
-        for j in range(len(steps)):
+        x, step, grad = backprop.x[:, :-1], backprop.run, backprop.flat_grad
+        positions = backprop.label_positions(labels[indices])
+        p = np.empty(indices.shape, dtype=network.dtype)
+        for j in range(steps):
             np.copyto(x, rows[j * size:(j + 1) * size])
             step(positions[j], p[j], learning_rate)
             np.subtract(theta, grad, out=theta)
         np.log(p + 1e-7, out=p)
-        losses[steps[0]:steps[-1] + 1] = -p.sum(axis=1, dtype=np.float64) / size
+        losses[first:first + steps] = -p.sum(axis=1, dtype=np.float64) / size
     return losses
+
+
+def _chunks(batches):
+    """[(index of the first batch, (steps, size) row indices)]: runs of consecutive batches of
+    one size, each at most CHUNK_ROWS rows (or a single batch)."""
+    chunks, first = [], 0
+    while first < len(batches):
+        size, stop = batches[first].size, first + 1
+        while stop < len(batches) and batches[stop].size == size and (stop + 1 - first) * size <= CHUNK_ROWS:
+            stop += 1
+        chunks.append((first, np.stack(batches[first:stop])))
+        first = stop
+    return chunks
 
 
 class _RowGatherer:
@@ -197,17 +203,21 @@ class _RowGatherer:
         self.turn = 0
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gather-rows")
 
-    def submit(self, batches, chunk):
-        _, size, steps = chunk
-        indices = np.concatenate([batches[k] for k in steps])
+    def submit(self, indices):
+        """A future of the rows of x_train at `indices` (any shape, read in order), in the training dtype."""
+        indices = indices.reshape(-1)
         buffer = self.buffers[self.turn]
         if buffer.shape[0] < indices.size:
             buffer = self.buffers[self.turn] = np.empty((indices.size,) + buffer.shape[1:], dtype=buffer.dtype)
         self.turn ^= 1
-        out = buffer[:indices.size]
+        return self.pool.submit(self._gather, indices, buffer[:indices.size])
+
+    def _gather(self, indices, out):
         if self.x_train.dtype == out.dtype:
-            return self.pool.submit(np.take, self.x_train, indices, axis=0, out=out, mode="clip")  # indices are valid: clip skips a buffered copy
-        return self.pool.submit(lambda: np.copyto(out, self.x_train[indices]) or out)
+            np.take(self.x_train, indices, axis=0, out=out, mode="clip")  # valid indices: clip skips a buffered copy
+        else:
+            np.copyto(out, self.x_train[indices])
+        return out
 
     def __enter__(self):
         return self
