@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pipeline.atomic import fsync_path
 from pipeline.errors import DataError, DownloadError, ParameterError
-from pipeline.idx import GZIP_MAGIC, check_images, check_labels, decompress, parse_idx
+from pipeline.idx import GZIP_MAGIC, check_counts, check_images, check_labels, decompress, parse_idx
 
 logger = logging.getLogger("pipeline")
 
@@ -391,9 +391,7 @@ def _check_counts(entries):
     """DataError unless each part's images and labels are equally many (from their shapes)."""
     for prefix in ("train", "t10k"):
         images, labels = entries[f"{prefix}-images-idx3-ubyte.gz"], entries[f"{prefix}-labels-idx1-ubyte.gz"]
-        if images["shape"][0] != labels["shape"][0]:
-            raise DataError(f"{images['source']} has {images['shape'][0]} images but {labels['source']} has "
-                            f"{labels['shape'][0]} labels: the files do not belong together")
+        check_counts(images["shape"][0], labels["shape"][0], images["source"], labels["source"])
 
 
 def _install(staging, dest_dir, manifest):

@@ -92,9 +92,14 @@ def check_pair(images, labels, images_name, labels_name, n_classes=10):
     """DataError unless images is (n, rows, cols), labels is (n,) with values below n_classes."""
     check_images(images, images_name)
     check_labels(labels, labels_name, n_classes)
-    if images.shape[0] != labels.shape[0]:
-        raise DataError(f"{images_name} has {images.shape[0]} images but {labels_name} has "
-                        f"{labels.shape[0]} labels: the files do not belong together")
+    check_counts(images.shape[0], labels.shape[0], images_name, labels_name)
+
+
+def check_counts(n_images, n_labels, images_name, labels_name):
+    """DataError unless an images file and its labels file hold equally many entries."""
+    if n_images != n_labels:
+        raise DataError(f"{images_name} has {n_images} images but {labels_name} has "
+                        f"{n_labels} labels: the files do not belong together")
 
 
 def _named(name, message):
