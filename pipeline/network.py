@@ -22,10 +22,11 @@ class TwoLayerNet:
     dtype; biases start at zero.
 
     The four parameters are views of one flat array, `self.theta`, laid out W1, b1, W2,
-    b2: W1 with b1 below it is the (input_size + 1, hidden) matrix that multiplies an
-    input with a constant 1 appended, which folds the first bias into the matrix product,
-    and one subtraction of the flat gradient updates every parameter. Change parameters
-    in place (`params["W1"][...] = ...`), never by rebinding the dict entries.
+    b2: one subtraction of the flat gradient updates every parameter, and W2 with b2
+    below it is the (hidden + 1, output_size) matrix that multiplies hidden activations
+    with a constant 1 appended, which folds the second bias into the matrix product.
+    Change parameters in place (`params["W1"][...] = ...`), never by rebinding the dict
+    entries.
     """
 
     def __init__(self, input_size, hidden_size, output_size, weight_init_std=0.01, rng=None, dtype=np.float32):
@@ -107,9 +108,10 @@ class TwoLayerNet:
         x = np.asarray(x)
         batch_num = x.shape[0]
         backprop = self.backprop(batch_num)
-        backprop.x[:, :-1] = x
         p = np.empty(batch_num, dtype=self.dtype)
-        backprop.run(backprop.label_positions(to_indices(t, self.params["b2"].size)), p, scale)
+        with np.errstate(over="ignore"):
+            backprop.run(np.ascontiguousarray(x, dtype=self.dtype), backprop.label_positions(
+                to_indices(t, self.params["b2"].size)), p, scale)
         loss = -np.sum(np.log(p + 1e-7)) / batch_num
         return float(loss), backprop.grads
 
@@ -124,29 +126,30 @@ class TwoLayerNet:
 class Backprop:
     """Forward and backward pass of a TwoLayerNet for one batch size: training's hot path.
 
-    Fill `x[:, :-1]` with a batch of inputs (the last column holds the constant 1 that
-    multiplies b1), then run(positions, p, scale) leaves the gradient of the batch's
-    mean cross-entropy, times `scale`, in `flat_grad` (laid out like the network's theta,
-    so `theta -= flat_grad` is one SGD step) and the probability each input gives its
-    true class in `p`. positions = label_positions(labels).
+    run(x, positions, p, scale) takes a batch of inputs x (batch, input_size) in the
+    network's dtype, leaves the gradient of the batch's mean cross-entropy, times
+    `scale`, in `flat_grad` (laid out like the network's theta, so `theta -= flat_grad`
+    is one SGD step) and the probability each input gives its true class in `p`.
+    positions = label_positions(labels). Call it under np.errstate(over="ignore"): the
+    sigmoid's exp(-a1) overflows to inf for a1 below about -88 in float32, which gives
+    exactly the sigmoid's limit 0.
 
-    Written for speed: every intermediate lives in a buffer made once, the second layer
+    Written for speed, since numpy's per-call cost rivals the work on arrays this small:
+    every intermediate lives in a buffer made once; the hidden activations carry a
+    column of ones, so b2 rides in the second layer's matrix products ([W2; b2] is one
+    block of theta) instead of costing an addition and a reduction; the second layer
     works on transposed activations (classes x batch) so that the softmax's reductions
-    run along memory instead of across ten-element rows, and the learning rate and
-    1 / batch are folded into dL/da2. Allocating the 785 x hidden gradient afresh each step
-    costs more than computing it (large blocks come from mmap and fault in page by page).
+    run along memory instead of across ten-element rows; the learning rate and 1 / batch
+    are folded into dL/da2. Allocating the 785 x hidden gradient afresh each step costs
+    more than computing it (large blocks come from mmap and fault in page by page).
     """
 
     def __init__(self, network, batch_num):
-        input_size, hidden, output = network.sizes
-        dtype = network.dtype
         self.batch_num = batch_num
         self.flat_grad = np.empty_like(network.theta)
-        self.grads = _views(self.flat_grad, input_size, hidden, output)
-        self.x = np.empty((batch_num, input_size + 1), dtype=dtype)
-        self.x[:, -1] = 1
+        self.grads = _views(self.flat_grad, *network.sizes)
         self._offsets = np.arange(batch_num)
-        self.run = self._make_run(network.theta, input_size, hidden, output, dtype)
+        self.run = self._make_run(network, batch_num)
 
     def label_positions(self, labels):
         """Where each sample's true class sits in the flattened (classes, batch) output: label * batch + row.
@@ -154,32 +157,32 @@ class Backprop:
         labels: integer classes, (batch,) or (steps, batch) for several batches at once."""
         return np.asarray(labels, dtype=np.intp) * self.batch_num + self._offsets
 
-    def _make_run(self, theta, input_size, hidden, output, dtype):
-        batch_num = self.batch_num
-        W1b1 = theta[:(input_size + 1) * hidden].reshape(input_size + 1, hidden)
-        W2 = theta[(input_size + 1) * hidden:-output].reshape(hidden, output)
-        b2 = theta[-output:].reshape(output, 1)
-        g_W1b1 = self.flat_grad[:(input_size + 1) * hidden].reshape(input_size + 1, hidden)
-        g_W2 = self.flat_grad[(input_size + 1) * hidden:-output].reshape(hidden, output)
-        g_b2 = self.flat_grad[-output:]
-        x = self.x
-        empty = lambda *shape: np.empty(shape, dtype=dtype)  # noqa: E731
-        half_a1, z1, dz1, work = (empty(batch_num, hidden) for _ in range(4))
-        y = empty(output, batch_num)  # transposed: one row per class
+    def _make_run(self, network, batch_num):
+        input_size, hidden, output = network.sizes
+        dtype = network.dtype
+        params, grads = network.params, self.grads
+        W1, b1, W2 = params["W1"], params["b1"], params["W2"]
+        g_W1, g_b1 = grads["W1"], grads["b1"]
+        W2b2 = network.theta[(input_size + 1) * hidden:].reshape(hidden + 1, output)
+        g_W2b2 = self.flat_grad[(input_size + 1) * hidden:].reshape(hidden + 1, output)
+        a1, dz1, work = (np.empty((batch_num, hidden), dtype=dtype) for _ in range(3))
+        z1_ones = np.ones((batch_num, hidden + 1), dtype=dtype)  # [z1 1]
+        z1 = z1_ones[:, :-1]
+        y = np.empty((output, batch_num), dtype=dtype)  # transposed: one row per class
         y_flat = y.reshape(-1)
-        column_max, column_sum, factor = (empty(batch_num) for _ in range(3))
-        half, quarter = dtype.type(0.5), dtype.type(0.25)
+        column_max, column_sum, factor = (np.empty(batch_num, dtype=dtype) for _ in range(3))
+        one = dtype.type(1)
 
-        def run(positions, p, scale):
-            # forward: a1 = [x 1] @ [W1; b1]; sigmoid(a1) = (1 + tanh(a1 / 2)) / 2
-            np.dot(x, W1b1, out=half_a1)
-            np.multiply(half_a1, half, out=half_a1)
-            tanh = np.tanh(half_a1, out=half_a1)
-            np.multiply(tanh, half, out=z1)
-            np.add(z1, half, out=z1)
-            # a2 and softmax, transposed: (output, batch)
-            np.dot(W2.T, z1.T, out=y)
-            np.add(y, b2, out=y)
+        def run(x, positions, p, scale):
+            # forward: z1 = sigmoid(x W1 + b1) = 1 / (1 + exp(-a1))
+            np.dot(x, W1, out=a1)
+            np.add(a1, b1, out=a1)
+            np.negative(a1, out=a1)
+            np.exp(a1, out=a1)
+            np.add(a1, one, out=a1)
+            np.divide(one, a1, out=z1)
+            # a2 = [z1 1] [W2; b2] and softmax, transposed: (output, batch)
+            np.dot(W2b2.T, z1_ones.T, out=y)
             np.maximum.reduce(y, axis=0, out=column_max)  # shifted so that exp cannot overflow
             np.subtract(y, column_max, out=y)
             np.exp(y, out=y)
@@ -195,15 +198,14 @@ class Backprop:
             np.divide(p, factor, out=factor)
             np.multiply(factor, scale / batch_num, out=factor)
             np.multiply(dy, factor, out=dy)
-            np.dot(z1.T, dy.T, out=g_W2)
-            np.add.reduce(dy, axis=1, out=g_b2)
+            np.dot(z1_ones.T, dy.T, out=g_W2b2)  # dW2 and, from the column of ones, db2
             np.dot(dy.T, W2.T, out=dz1)
-            # sigmoid'(a1) = z1 (1 - z1) = (1 - tanh^2) / 4
-            np.multiply(tanh, tanh, out=work)
-            np.multiply(work, -quarter, out=work)
-            np.add(work, quarter, out=work)
+            # sigmoid'(a1) = z1 (1 - z1) = z1 - z1^2
+            np.multiply(z1, z1, out=work)
+            np.subtract(z1, work, out=work)
             np.multiply(dz1, work, out=dz1)
-            np.dot(x.T, dz1, out=g_W1b1)  # dW1 and, from the column of ones, db1
+            np.dot(x.T, dz1, out=g_W1)
+            np.add.reduce(dz1, axis=0, out=g_b1)
 
         return run
 

@@ -165,12 +165,11 @@ def _sgd_steps(network, batches, labels, learning_rate, gatherer):
             pending = gatherer.submit(chunks[n + 1][1])
         steps, size = indices.shape
         backprop = network.backprop(size)
-        x, step, grad = backprop.x[:, :-1], backprop.run, backprop.flat_grad
+        step, grad = backprop.run, backprop.flat_grad
         positions = backprop.label_positions(labels[indices])
         p = np.empty(indices.shape, dtype=network.dtype)
         for j in range(steps):
-            np.copyto(x, rows[j * size:(j + 1) * size])
-            step(positions[j], p[j], learning_rate)
+            step(rows[j * size:(j + 1) * size], positions[j], p[j], learning_rate)
             np.subtract(theta, grad, out=theta)
         np.log(p + 1e-7, out=p)
         losses[first:first + steps] = -p.sum(axis=1, dtype=np.float64) / size
