@@ -178,13 +178,19 @@ def _sgd_steps(network, batches, labels, learning_rate, gatherer):
 
 def _chunks(batches):
     """[(index of the first batch, (steps, size) row indices)]: runs of consecutive batches of
-    one size, each at most CHUNK_ROWS rows (or a single batch)."""
-    chunks, first = [], 0
+    one size, each at most CHUNK_ROWS rows (or a single batch).
+
+    A segment's first chunk is one batch and each next one at most twice the previous:
+    the steps wait for the first chunk's rows, and gathering a chunk takes far less time
+    than the steps of the chunk before it (half as many batches), so no other wait."""
+    chunks, first, limit = [], 0, 1
     while first < len(batches):
         size, stop = batches[first].size, first + 1
-        while stop < len(batches) and batches[stop].size == size and (stop + 1 - first) * size <= CHUNK_ROWS:
+        while (stop < len(batches) and batches[stop].size == size and stop - first < limit
+               and (stop + 1 - first) * size <= CHUNK_ROWS):
             stop += 1
         chunks.append((first, np.stack(batches[first:stop])))
+        limit = 2 * (stop - first)
         first = stop
     return chunks
 
