@@ -1,6 +1,8 @@
 """Accuracy, loss and confusion matrix of a trained network over a whole dataset (numpy only)."""
 
 import hashlib
+import itertools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -9,7 +11,10 @@ from pipeline.functions import sigmoid, softmax, to_indices
 from pipeline.network import PARAM_NAMES
 
 
-def evaluate(params, x, t, chunk_size=10000):
+CHUNK_ROWS = 2000  # rows evaluated at a time: the chunk's activations stay in cache
+
+
+def evaluate(params, x, t, chunk_size=CHUNK_ROWS):
     """Accuracy and mean cross-entropy of the network `params` over all of x.
 
     params: dict W1, b1, W2, b2; x: (n, input_size); t: one-hot (n, classes) or integer
@@ -17,7 +22,37 @@ def evaluate(params, x, t, chunk_size=10000):
     bounded by the chunk, not the dataset.
     Returns (accuracy, mean_loss, predictions (n,) int).
     """
-    return evaluate_many([params], x, t, chunk_size)[0]
+    labels = to_indices(t, params["b2"].size)
+    return _combine([_evaluate_rows(params, x[start:stop], labels[start:stop])
+                     for start, stop in _spans(x.shape[0], chunk_size)], labels)
+
+
+def _evaluate_rows(params, x, labels):
+    """(predictions, sum of log(p + 1e-7)) over one chunk of rows: every evaluation of the
+    product comes here, chunk by chunk, and _combine adds the chunks up in order."""
+    a1 = np.dot(x, params["W1"])
+    a1 += params["b1"]
+    z1 = sigmoid(a1, out=a1)
+    a2 = np.dot(z1, params["W2"])
+    a2 += params["b2"]
+    y = softmax(a2, out=a2)
+    # the same 1e-7 as cross_entropy_error, summed here and divided once by n in _combine
+    log_p = np.log(y[np.arange(x.shape[0]), labels] + 1e-7)
+    return np.argmax(y, axis=1), float(np.sum(log_p, dtype=np.float64))
+
+
+def _combine(chunks, labels):
+    """(accuracy, mean loss, predictions) from the _evaluate_rows results of consecutive chunks."""
+    predictions = np.concatenate([p for p, _ in chunks]) if chunks else np.empty(0, dtype=np.intp)
+    loss_sum = 0.0
+    for _, log_p_sum in chunks:  # in chunk order, whichever thread computed which chunk
+        loss_sum -= log_p_sum
+    n = labels.shape[0]
+    return float(np.count_nonzero(predictions == labels)) / n, loss_sum / n, predictions
+
+
+def _spans(n, chunk_size):
+    return [(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
 
 
 def confusion_matrix(labels, predictions, n_classes=10):
@@ -28,63 +63,71 @@ def confusion_matrix(labels, predictions, n_classes=10):
     return counts.reshape(n_classes, n_classes)
 
 
-def evaluate_many(param_sets, x, t, chunk_size=10000, max_columns=1024):
-    """evaluate() for several networks of one shape over the same x, in fewer passes.
-
-    The first layers of a group of networks are stacked side by side, so each chunk of x
-    is multiplied once by a (input_size, hidden * group) matrix: one large matrix product
-    runs faster than many thin ones and reads x once per group instead of once per
-    network. Groups hold at most max_columns hidden units (memory: chunk_size x
-    max_columns floats). Returns [(accuracy, mean_loss, predictions)] in the given order.
-    """
-    param_sets = list(param_sets)
-    if not param_sets:
-        return []
-    hidden = param_sets[0]["b1"].size
-    n_classes = param_sets[0]["b2"].size
-    labels = to_indices(t, n_classes)
-    n = x.shape[0]
-    group_size = max(1, max_columns // hidden)
-    results = []
-    for first in range(0, len(param_sets), group_size):
-        group = param_sets[first:first + group_size]
-        W1 = np.concatenate([p["W1"] for p in group], axis=1)
-        b1 = np.concatenate([p["b1"] for p in group])
-        predictions = np.empty((len(group), n), dtype=np.intp)
-        loss_sums = np.zeros(len(group))
-        for start in range(0, n, chunk_size):
-            stop = min(start + chunk_size, n)
-            a1 = np.dot(x[start:stop], W1)
-            a1 += b1
-            z1 = sigmoid(a1, out=a1)
-            rows = np.arange(stop - start)
-            for k, params in enumerate(group):
-                a2 = np.dot(z1[:, k * hidden:(k + 1) * hidden], params["W2"])
-                a2 += params["b2"]
-                y = softmax(a2, out=a2)
-                predictions[k, start:stop] = np.argmax(y, axis=1)
-                # the same 1e-7 as cross_entropy_error, summed here and divided once by n below
-                loss_sums[k] -= float(np.sum(np.log(y[rows, labels[start:stop]] + 1e-7), dtype=np.float64))
-        for k in range(len(group)):
-            accuracy = float(np.count_nonzero(predictions[k] == labels)) / n
-            results.append((accuracy, float(loss_sums[k]) / n, predictions[k]))
-    return results
-
-
-def evaluate_snapshot(epoch, iteration, params, x_train, t_train, x_test, t_test, chunk_size=10000):
+def evaluate_snapshot(epoch, iteration, params, x_train, t_train, x_test, t_test, chunk_size=CHUNK_ROWS):
     """The per-epoch row of one network (epoch, iteration, {train,test}_{accuracy,loss}) and its test predictions.
 
-    Training's background evaluation and EvaluateNetwork both come here, one network at
-    a time, so a row has the same bits whichever of them computed it."""
-    (train_accuracy, train_loss, _), = evaluate_many([params], x_train, t_train, chunk_size)
-    (test_accuracy, test_loss, test_predictions), = evaluate_many([params], x_test, t_test, chunk_size)
-    row = {"epoch": float(epoch), "iteration": int(iteration),
-           "train_accuracy": train_accuracy, "train_loss": train_loss,
-           "test_accuracy": test_accuracy, "test_loss": test_loss}
-    return row, test_predictions
+    Training's background evaluation and EvaluateNetwork both come here (or to the
+    _SnapshotWork it runs), so a row has the same bits whichever of them computed it."""
+    work = _SnapshotWork(epoch, iteration, params, (x_train, t_train, x_test, t_test), chunk_size)
+    work.work()
+    return work.row()
 
 
-def evaluate_epochs(snapshots, x_train, t_train, x_test, t_test, chunk_size=10000, kept=None):
+class _SnapshotWork:
+    """The evaluation of one snapshot over the training and test sets, cut into chunks of
+    rows that any thread may take: work() takes chunks nobody has taken until none is
+    left; row() waits for all of them and combines them in chunk order, so the figures
+    have the same bits however the chunks were shared out."""
+
+    def __init__(self, epoch, iteration, params, data, chunk_size):
+        x_train, t_train, x_test, t_test = data
+        n_classes = params["b2"].size
+        self.epoch, self.iteration, self.params = epoch, iteration, params
+        self.splits = [(x_train, to_indices(t_train, n_classes)), (x_test, to_indices(t_test, n_classes))]
+        self.pieces = [(k, start, stop) for k, (x, _) in enumerate(self.splits)
+                       for start, stop in _spans(x.shape[0], chunk_size)]
+        self.results = [None] * len(self.pieces)
+        self._next = itertools.count()  # next() on it is atomic under the GIL
+        self._lock = threading.Lock()
+        self._left = len(self.pieces)
+        self._error = None
+        self._finished = threading.Event()
+        if not self.pieces:
+            self._finished.set()
+
+    def work(self):
+        for i in iter(self._next.__next__, None):
+            if i >= len(self.pieces):
+                return
+            k, start, stop = self.pieces[i]
+            x, labels = self.splits[k]
+            try:
+                self.results[i] = _evaluate_rows(self.params, x[start:stop], labels[start:stop])
+            except BaseException as error:
+                self._error = error
+                self._finished.set()
+                raise
+            with self._lock:
+                self._left -= 1
+                if self._left == 0:
+                    self._finished.set()
+
+    def row(self):
+        self._finished.wait()
+        if self._error is not None:
+            raise RuntimeError(f"evaluating the snapshot of iteration {self.iteration} failed") from self._error
+        per_split = [[], []]
+        for (k, _, _), result in zip(self.pieces, self.results):
+            per_split[k].append(result)
+        (train_accuracy, train_loss, _), (test_accuracy, test_loss, test_predictions) = (
+            _combine(chunks, labels) for chunks, (_, labels) in zip(per_split, self.splits))
+        row = {"epoch": float(self.epoch), "iteration": int(self.iteration),
+               "train_accuracy": train_accuracy, "train_loss": train_loss,
+               "test_accuracy": test_accuracy, "test_loss": test_loss}
+        return row, test_predictions
+
+
+def evaluate_epochs(snapshots, x_train, t_train, x_test, t_test, chunk_size=CHUNK_ROWS, kept=None):
     """Per-epoch figures for a run: one row per snapshot, in the order given.
 
     snapshots: iterable of (epoch, iteration, params), e.g. loaded checkpoints.
@@ -128,29 +171,40 @@ class BackgroundEvaluator:
     one thread each, training keeps one core and the evaluations the other (numpy lets
     go of the GIL inside its array loops and matrix products). on_row(row, digest) is
     called on that thread for each finished row, e.g. to store it; results() waits for
-    all rows and raises the first error of any.
+    all rows, the calling thread taking a share of the chunks still to evaluate (it has
+    nothing else to do by then), and raises the first error of any.
     """
 
-    def __init__(self, x_train, t_train, x_test, t_test, on_row=None, chunk_size=10000):
+    def __init__(self, x_train, t_train, x_test, t_test, on_row=None, chunk_size=CHUNK_ROWS):
         self.data = (x_train, t_train, x_test, t_test)
         self.chunk_size = chunk_size
         self.on_row = on_row
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate")
-        self.futures = []
+        self.works, self.futures = [], []
 
     def submit(self, epoch, iteration, params):
         """Queue a snapshot; params are copied now, so training may go on changing its own."""
         params = {key: np.array(params[key], copy=True) for key in PARAM_NAMES}
-        self.futures.append(self.pool.submit(self._evaluate, epoch, iteration, params))
+        if not self.works:  # one-hot labels become indices once, not at every snapshot
+            x_train, t_train, x_test, t_test = self.data
+            n_classes = params["b2"].size
+            self.data = (x_train, to_indices(t_train, n_classes), x_test, to_indices(t_test, n_classes))
+        work = _SnapshotWork(epoch, iteration, params, self.data, self.chunk_size)
+        self.works.append(work)
+        self.futures.append(self.pool.submit(self._evaluate, work))
 
-    def _evaluate(self, epoch, iteration, params):
-        row, predictions = evaluate_snapshot(epoch, iteration, params, *self.data, chunk_size=self.chunk_size)
+    def _evaluate(self, work):
+        work.work()
+        row, predictions = work.row()
         if self.on_row is not None:
-            self.on_row(row, params_digest(params))
+            self.on_row(row, params_digest(work.params))
         return row, predictions
 
     def results(self):
         """[(row, test predictions)] in the order submitted, once all are done."""
+        for work in self.works:
+            if not self.futures[-1].done():
+                work.work()
         return [future.result() for future in self.futures]
 
     def __enter__(self):

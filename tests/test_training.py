@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ParameterError, TrainingError
-from pipeline.evaluation import (BackgroundEvaluator, confusion_matrix, evaluate, evaluate_epochs, evaluate_many,
+import threading
+import time
+
+from pipeline import evaluation
+from pipeline.evaluation import (BackgroundEvaluator, confusion_matrix, evaluate, evaluate_epochs, evaluate_snapshot,
                                  params_digest)
 from pipeline.network import PARAM_NAMES, TwoLayerNet
 from pipeline import training
@@ -181,17 +185,66 @@ def test_integer_labels_train_bit_identically_to_one_hot():
         assert a.params[key].tobytes() == b.params[key].tobytes()
 
 
-def test_evaluating_many_networks_at_once_matches_one_at_a_time():
+def slow_chunks_recording_threads(monkeypatch):
+    """Make each evaluated chunk take a millisecond and note which thread evaluated it, so
+    that threads started together really do share a snapshot's chunks."""
+    threads, evaluate_rows = [], evaluation._evaluate_rows
+
+    def recording(*args):
+        threads.append(threading.get_ident())
+        time.sleep(0.001)
+        return evaluate_rows(*args)
+
+    monkeypatch.setattr(evaluation, "_evaluate_rows", recording)
+    return threads
+
+
+def test_a_snapshot_evaluated_by_several_threads_has_the_bits_of_one_thread(monkeypatch):
     x, _, labels = blobs(700, 3)
-    nets = [fresh(seed) for seed in range(5)]
-    for k, net in enumerate(nets[1:], 1):
-        train(net, x, labels, batch_size=50, learning_rate=0.3, iterations=10 * k, sampling="shuffle",
-              rng=np.random.default_rng(k))
-    together = evaluate_many([n.params for n in nets], x, labels, chunk_size=256, max_columns=45)  # groups of 2
-    for net, (accuracy, loss, predictions) in zip(nets, together):
-        alone = evaluate(net.params, x, labels, chunk_size=256)
-        assert accuracy == alone[0] and np.array_equal(predictions, alone[2])
-        assert loss == pytest.approx(alone[1], rel=1e-6)
+    net = fresh()
+    train(net, x, labels, batch_size=50, learning_rate=0.5, iterations=150, sampling="shuffle",
+          rng=np.random.default_rng(0))
+    expected_row, expected_predictions = evaluate_snapshot(1.5, 20, net.params, x[:600], labels[:600], x[600:],
+                                                           labels[600:], chunk_size=64)
+    threads = slow_chunks_recording_threads(monkeypatch)
+    work = evaluation._SnapshotWork(1.5, 20, net.params, (x[:600], labels[:600], x[600:], labels[600:]), 64)
+    helpers = [threading.Thread(target=work.work) for _ in range(2)]
+    for helper in helpers:
+        helper.start()
+    work.work()
+    row, predictions = work.row()
+    for helper in helpers:
+        helper.join()
+    assert len(threads) == 10 + 2 and len(set(threads)) >= 2  # 600 rows in chunks of 64, then 100
+    assert row == expected_row and np.array_equal(predictions, expected_predictions)
+    accuracy, loss, _ = evaluate(net.params, x[:600], labels[:600], chunk_size=64)
+    assert (row["train_accuracy"], row["train_loss"]) == (accuracy, loss)
+    assert accuracy == net.accuracy(x[:600], labels[:600]) and accuracy > 0.9
+    assert loss == pytest.approx(net.loss(x[:600], labels[:600]), rel=1e-5)
+
+
+def test_a_failing_chunk_is_raised_by_the_thread_that_waits_for_the_row_instead_of_hanging():
+    x, _, labels = blobs(300, 3)
+    broken = {key: value.copy() for key, value in fresh().params.items()}
+    broken["W2"] = broken["W2"][:5]  # the second layer no longer fits the hidden layer
+    work = evaluation._SnapshotWork(0, 0, broken, (x, labels, x, labels), 64)
+    helper = threading.Thread(target=lambda: pytest.raises(ValueError, work.work))
+    helper.start()
+    helper.join()
+    with pytest.raises(RuntimeError, match="iteration 0 failed") as raised:
+        work.row()
+    assert isinstance(raised.value.__cause__, ValueError)
+
+
+def test_waiting_for_the_background_evaluator_lends_it_the_waiting_thread(monkeypatch):
+    x, _, labels = blobs(700, 3)
+    threads = slow_chunks_recording_threads(monkeypatch)
+    with BackgroundEvaluator(x[:600], labels[:600], x[600:], labels[600:], chunk_size=32) as evaluator:
+        evaluator.submit(0, 0, fresh().params)
+        (row, _), = evaluator.results()
+    assert threading.get_ident() in threads and len(set(threads)) == 2
+    assert row == evaluate_snapshot(0, 0, fresh().params, x[:600], labels[:600], x[600:], labels[600:],
+                                    chunk_size=32)[0]
 
 
 def test_the_background_evaluator_gives_evaluate_epochs_rows_in_order_and_raises_its_errors():
