@@ -6,7 +6,7 @@ state, the same data and the same machine, every run produces the same bits.
 """
 
 import math
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -147,6 +147,7 @@ def _draw_batches(rng, sampling, train_size, batch_size, per_epoch, first, stop)
 
 
 CHUNK_ROWS = 4096  # rows gathered at a time by the second thread: a few MB, cache-sized
+FIRST_CHUNK_STEPS = 8  # batches in the first chunk of a checkpoint segment, gathered by the steps' own thread
 
 
 def _sgd_steps(network, batches, labels, learning_rate, gatherer):
@@ -158,7 +159,7 @@ def _sgd_steps(network, batches, labels, learning_rate, gatherer):
     theta = network.theta
     losses = np.empty(len(batches))
     chunks = _chunks(batches)
-    pending = gatherer.submit(chunks[0][1]) if chunks else None
+    pending = gatherer.submit(chunks[0][1], here=True) if chunks else None
     for n, (first, indices) in enumerate(chunks):
         rows = pending.result()
         if n + 1 < len(chunks):
@@ -180,10 +181,11 @@ def _chunks(batches):
     """[(index of the first batch, (steps, size) row indices)]: runs of consecutive batches of
     one size, each at most CHUNK_ROWS rows (or a single batch).
 
-    A segment's first chunk is one batch and each next one at most twice the previous:
-    the steps wait for the first chunk's rows, and gathering a chunk takes far less time
-    than the steps of the chunk before it (half as many batches), so no other wait."""
-    chunks, first, limit = [], 0, 1
+    A segment's first chunk is FIRST_CHUNK_STEPS batches, which the steps' own thread
+    gathers (they would wait for it anyway, and the other thread may take milliseconds to
+    be scheduled while the evaluation keeps the second core busy); each next chunk is at
+    most twice the one before, so it is gathered well within the steps of that one."""
+    chunks, first, limit = [], 0, FIRST_CHUNK_STEPS
     while first < len(batches):
         size, stop = batches[first].size, first + 1
         while (stop < len(batches) and batches[stop].size == size and stop - first < limit
@@ -208,13 +210,20 @@ class _RowGatherer:
         self.turn = 0
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gather-rows")
 
-    def submit(self, indices):
-        """A future of the rows of x_train at `indices` (any shape, read in order), in the training dtype."""
+    def submit(self, indices, here=False):
+        """A future of the rows of x_train at `indices` (any shape, read in order), in the training dtype.
+
+        here=True gathers them on the calling thread, done when this returns: for a chunk
+        the caller would wait for anyway, it saves waking the other thread."""
         indices = indices.reshape(-1)
         buffer = self.buffers[self.turn]
         if buffer.shape[0] < indices.size:
             buffer = self.buffers[self.turn] = np.empty((indices.size,) + buffer.shape[1:], dtype=buffer.dtype)
         self.turn ^= 1
+        if here:
+            done = Future()
+            done.set_result(self._gather(indices, buffer[:indices.size]))
+            return done
         return self.pool.submit(self._gather, indices, buffer[:indices.size])
 
     def _gather(self, indices, out):
