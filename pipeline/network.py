@@ -62,15 +62,7 @@ class TwoLayerNet:
 
     def predict(self, x):
         """Class probabilities, (batch, output_size), for inputs x (batch, input_size)."""
-        W1, W2 = self.params["W1"], self.params["W2"]
-        b1, b2 = self.params["b1"], self.params["b2"]
-
-        a1 = np.dot(x, W1)
-        a1 += b1
-        z1 = sigmoid(a1, out=a1)  # in place: a1 is not needed again
-        a2 = np.dot(z1, W2)
-        a2 += b2
-        return softmax(a2, out=a2)
+        return forward(self.params, x)
 
     def loss(self, x, t):
         """Mean cross-entropy over the batch."""
@@ -121,6 +113,16 @@ class TwoLayerNet:
         if batch_num not in kept:
             kept[batch_num] = Backprop(self, batch_num)
         return kept[batch_num]
+
+
+def forward(params, x):
+    """Class probabilities, (batch, output_size), of the network `params` (W1, b1, W2, b2) for inputs x."""
+    a1 = np.dot(x, params["W1"])
+    a1 += params["b1"]
+    z1 = sigmoid(a1, out=a1)  # in place: a1 is not needed again
+    a2 = np.dot(z1, params["W2"])
+    a2 += params["b2"]
+    return softmax(a2, out=a2)
 
 
 class Backprop:
