@@ -230,9 +230,20 @@ class DownloadDataset(DataTask):
         logger.info("%s: %d files verified (%s)", self.dataset, len(manifest["files"]), manifest["verified_with"])
 
     def configured_mirrors(self):
-        """[mirrors] <dataset> in luigi.cfg (a JSON list), else the built-in list."""
+        """[mirrors] <dataset> in luigi.cfg (a JSON list of URLs), else the built-in list."""
         configured = luigi.configuration.get_config().get("mirrors", self.dataset, None)
-        return json.loads(configured) if configured else default_mirrors(self.dataset)
+        if not configured:
+            return default_mirrors(self.dataset)
+        try:
+            mirrors = json.loads(configured)
+        except json.JSONDecodeError as error:
+            mirrors = error
+        if not (isinstance(mirrors, list) and all(isinstance(m, str) for m in mirrors)):
+            problem = f" ({mirrors})" if isinstance(mirrors, json.JSONDecodeError) else ""
+            raise ParameterError(
+                f"[mirrors] {self.dataset} in luigi.cfg is not a JSON list of URLs{problem}: write it like "
+                f'{self.dataset} = ["https://example.org/mnist/", "https://mirror.example.net/mnist/"]')
+        return mirrors
 
     def show_progress(self, fraction, message):
         logger.info(message)

@@ -208,3 +208,19 @@ def test_a_rerun_of_complete_stages_reads_downloads_and_rewrites_nothing(built, 
         (built / "raw" / "mnist" / name).unlink()
     assert build(tasks.NormalizeImages(**shared), tasks.EncodeLabels(**shared)) == LuigiStatusCode.SUCCESS
     assert images.stat().st_mtime_ns == stamp and watched.requests == []
+
+
+@pytest.mark.parametrize("value, problem", [('["https://a.example/mnist/" "https://b.example/mnist/"]', "delimiter"),
+                                            ('"https://a.example/mnist/"', "")])
+def test_a_malformed_mirrors_entry_in_luigi_cfg_is_named_with_how_to_write_it(tmp_path, value, problem):
+    config = luigi.configuration.get_config()
+    config.add_section("mirrors")
+    try:
+        config.set("mirrors", "mnist", value)
+        task = tasks.DownloadDataset(dataset="mnist", data_dir=str(tmp_path / "data"), local_dirs=[])
+        with pytest.raises(ParameterError, match=r"\[mirrors\] mnist in luigi.cfg is not a JSON list of URLs") as raised:
+            task.run()
+    finally:
+        config.remove_section("mirrors")
+    assert problem in str(raised.value) and 'mnist = ["https://' in str(raised.value)
+    assert not (tmp_path / "data" / "raw" / "mnist").exists()
