@@ -30,15 +30,29 @@ def read_bytes(path):
     return decompress(raw, str(path))
 
 
-def decompress(raw, name="data"):
+MAX_CONTENT_BYTES = 2 ** 31  # 2 GiB: 2.7 million 28x28 images; whole splits are held in memory anyway
+
+
+def decompress(raw, name="data", limit=MAX_CONTENT_BYTES):
     """raw itself, or its gzip decompression when it starts with the gzip magic; a
-    DataError naming `name` when the gzip stream is corrupt or cut short."""
+    DataError naming `name` when the gzip stream is corrupt or cut short, or would
+    decompress to more than `limit` bytes (a "gzip bomb" is refused, never expanded)."""
     if not raw.startswith(GZIP_MAGIC):
         return raw
+    content, rest = bytearray(), raw
     try:
-        return gzip.decompress(raw)
-    except (EOFError, OSError, zlib.error) as error:
+        while rest:  # a gzip file may hold several members, one after another
+            member = zlib.decompressobj(wbits=31)
+            content += member.decompress(rest, limit + 1 - len(content))
+            if len(content) > limit:
+                raise DataError(f"{name}: decompresses to more than {limit} bytes; refused (an IDX dataset that "
+                                f"large would not fit in memory)")
+            if not member.eof:
+                raise EOFError("compressed data ended before the end-of-stream marker was reached")
+            rest = member.unused_data
+    except (EOFError, zlib.error) as error:
         raise DataError(f"{name}: corrupt or truncated gzip data ({error})") from None
+    return bytes(content)
 
 
 def parse_idx(content, name="IDX data"):

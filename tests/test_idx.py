@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import DataError
-from pipeline.idx import encode_idx, read_idx, read_images_and_labels, write_idx
+from pipeline.idx import decompress, encode_idx, parse_idx, read_idx, read_images_and_labels, write_idx
 from pipeline.preprocess import normalize_images, one_hot
 
 
@@ -93,3 +93,20 @@ def test_a_header_cut_short_and_a_missing_file_are_named(tmp_path):
         read_idx(tmp_path / "stub")
     with pytest.raises(DataError, match=r"absent\.gz: cannot read"):
         read_idx(tmp_path / "absent.gz")
+
+
+def test_gzip_that_would_expand_beyond_the_limit_is_refused_without_expanding_it():
+    bomb = gzip.compress(bytes(10_000_000))  # 10 MB of zeros in about 10 kB
+    assert len(bomb) < 20_000
+    with pytest.raises(DataError, match=r"bomb\.gz: decompresses to more than 1000000 bytes; refused"):
+        decompress(bomb, "bomb.gz", limit=1_000_000)
+    assert decompress(bomb, "bomb.gz", limit=10_000_000) == bytes(10_000_000)
+
+
+def test_a_gzip_file_of_several_members_decompresses_to_all_of_them():
+    header, body = b"\x00\x00\x08\x01\x00\x00\x00\x03", bytes([1, 2, 3])
+    two_members = gzip.compress(header) + gzip.compress(body)
+    assert decompress(two_members) == header + body
+    assert parse_idx(decompress(two_members)).tolist() == [1, 2, 3]
+    with pytest.raises(DataError, match="corrupt or truncated gzip"):
+        decompress(two_members + b"not gzip")
