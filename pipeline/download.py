@@ -227,15 +227,19 @@ def _fetch_file(name, sources, accepted, staging, timeout, retries, backoff, pro
     out every timeout and retry once per file).
     """
     failures = []
-    for kind, location in sources:
-        where = str(location / name) if kind == "dir" else location + name
+    for kind, location in _attempts(name, sources):
+        where = str(location) if kind in ("file", "missing") else location + name
+        if kind == "missing":
+            failures.append(f"{where}: not found (neither .gz nor plain IDX)")
+            logger.info("%s", failures[-1])
+            continue
         if location in unreachable:
             failures.append(f"{where}: not tried ({unreachable[location]} for an earlier file)")
             logger.info("%s", failures[-1])
             continue
         try:
-            if kind == "dir":
-                path = _find_local(location, name)
+            if kind == "file":
+                path = location
             else:
                 path = staging / (name + ".download")
                 _download(where, path, timeout, retries, backoff, progress)
@@ -253,9 +257,8 @@ def _fetch_file(name, sources, accepted, staging, timeout, retries, backoff, pro
             fsync_path(staging / stored_as)
             if kind == "url":
                 path.unlink()
-            logger.info("%s: verified (%s) from %s", name, entry["verified_by"], path if kind == "dir" else where)
-            return {**entry, "stored_as": stored_as, "source": str(path) if kind == "dir" else where,
-                    "fetched_at": _now()}
+            logger.info("%s: verified (%s) from %s", name, entry["verified_by"], where)
+            return {**entry, "stored_as": stored_as, "source": where, "fetched_at": _now()}
         logger.info("%s", failures[-1])
     raise DownloadError(f"could not get a verified {name} from any source:\n  " + "\n  ".join(failures)
                         + "\nWithout network access, put the four files (.gz or plain IDX) in a directory and "
@@ -266,11 +269,16 @@ class MirrorDown(DownloadError):
     """The mirror did not answer properly at all (no connection, timeouts, 5xx)."""
 
 
-def _find_local(directory, name):
-    for candidate in (directory / name, directory / name[:-len(".gz")]):
-        if candidate.is_file():
-            return candidate
-    raise DownloadError("not found (neither .gz nor plain IDX)")
+def _attempts(name, sources):
+    """(kind, location) of each try for one file: ("file", path) for each copy a local
+    directory holds (the .gz, then the plain IDX: a damaged .gz does not hide a good plain
+    file beside it), ("missing", dir / name) for a directory with neither, ("url", base)."""
+    for kind, location in sources:
+        if kind == "url":
+            yield kind, location
+            continue
+        found = [p for p in (location / name, location / name[:-len(".gz")]) if p.is_file()]
+        yield from ([("file", p) for p in found] if found else [("missing", location / name)])
 
 
 def _download(url, path, timeout, retries, backoff, progress):

@@ -152,6 +152,20 @@ def test_local_directories_come_before_mirrors_and_may_hold_plain_idx(tmp_path, 
     assert {e["stored_as"] for e in manifest["files"].values()} == {n[:-3] for n in FILES}
 
 
+def test_a_damaged_gz_does_not_hide_a_good_plain_idx_beside_it(tmp_path, published, caplog):
+    directory, hashes = published
+    local = tmp_path / "local"
+    make_idx_dataset(local, n_train=120, n_test=30, compress=False)
+    damaged = local / "train-images-idx3-ubyte.gz"
+    damaged.write_bytes((directory / damaged.name).read_bytes()[:500])  # cut short
+    both = {name: [h["md5"], h["content_sha256"]] for name, h in hashes.items()}
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        manifest = fetch_dataset("mnist", tmp_path / "raw" / "mnist", source_dir=str(local), checksums=both, **FAST)
+    entry = manifest["files"][damaged.name]
+    assert entry["source"] == str(local / "train-images-idx3-ubyte") and entry["stored_as"] == "train-images-idx3-ubyte"
+    assert f"{damaged}: the file: corrupt or truncated gzip" in caplog.text
+
+
 def test_a_custom_dataset_is_validated_hashed_and_warned_about(tmp_path, caplog, mirrors, published):
     directory, hashes = published
     never = mirrors(directory, "ok")
