@@ -12,16 +12,24 @@ def sigmoid(x, out=None):
 
     For x below about -88 in float32 (-709 in float64) exp(-x) overflows to inf, and
     1 / (1 + inf) is exactly the sigmoid's limit 0: that overflow is expected, so it is
-    not warned about. With `out` (a float array) it runs as four passes in place, the
-    same operations in the same order as training's Backprop, so both give the same bits.
+    not warned about. With `out` (a float array) it runs in place as sigmoid_into does.
     """
     with np.errstate(over="ignore"):
         if out is None:
             return 1 / (1 + np.exp(-x))
-        np.negative(x, out=out)
-        np.exp(out, out=out)
-        np.add(out, 1, out=out)
-        return np.divide(1, out, out=out)
+        return sigmoid_into(x, out)
+
+
+def sigmoid_into(x, out, work=None):
+    """sigmoid(x) into `out` in four passes: three in `work` (default: out itself; may be x),
+    the last into out. Training's Backprop calls it with a contiguous work buffer and a
+    strided out, which is faster than four strided passes. It does not silence the overflow
+    of exp(-x): callers run it under np.errstate(over="ignore")."""
+    work = out if work is None else work
+    np.negative(x, out=work)
+    np.exp(work, out=work)
+    np.add(work, 1, out=work)
+    return np.divide(1, work, out=out)
 
 
 def sigmoid_grad(x):

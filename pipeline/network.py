@@ -7,7 +7,7 @@ numpy only, no I/O. Names follow the book so the code can be read beside it:
 
 import numpy as np
 
-from pipeline.functions import cross_entropy_error, sigmoid, softmax, to_indices
+from pipeline.functions import cross_entropy_error, sigmoid, sigmoid_into, softmax, to_indices
 from pipeline.gradient import numerical_gradient
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
@@ -142,7 +142,7 @@ class Backprop:
     block of theta) instead of costing an addition and a reduction; the second layer
     works on transposed activations (classes x batch) so that the softmax's reductions
     run along memory instead of across ten-element rows; the learning rate and 1 / batch
-    are folded into dL/da2. Allocating the 785 x hidden gradient afresh each step costs
+    are folded into dL/da2. Allocating the 784 x hidden gradient afresh each step costs
     more than computing it (large blocks come from mmap and fault in page by page).
     """
 
@@ -160,29 +160,26 @@ class Backprop:
         return np.asarray(labels, dtype=np.intp) * self.batch_num + self._offsets
 
     def _make_run(self, network, batch_num):
-        input_size, hidden, output = network.sizes
+        _, hidden, output = network.sizes
         dtype = network.dtype
         params, grads = network.params, self.grads
         W1, b1, W2 = params["W1"], params["b1"], params["W2"]
         g_W1, g_b1 = grads["W1"], grads["b1"]
-        W2b2 = network.theta[(input_size + 1) * hidden:].reshape(hidden + 1, output)
-        g_W2b2 = self.flat_grad[(input_size + 1) * hidden:].reshape(hidden + 1, output)
+        second_layer = W1.size + b1.size  # where W2 starts in theta, with b2 right after it
+        W2b2 = network.theta[second_layer:].reshape(hidden + 1, output)
+        g_W2b2 = self.flat_grad[second_layer:].reshape(hidden + 1, output)
         a1, dz1, work = (np.empty((batch_num, hidden), dtype=dtype) for _ in range(3))
         z1_ones = np.ones((batch_num, hidden + 1), dtype=dtype)  # [z1 1]
         z1 = z1_ones[:, :-1]
         y = np.empty((output, batch_num), dtype=dtype)  # transposed: one row per class
         y_flat = y.reshape(-1)
         column_max, column_sum, factor = (np.empty(batch_num, dtype=dtype) for _ in range(3))
-        one = dtype.type(1)
 
         def run(x, positions, p, scale):
-            # forward: z1 = sigmoid(x W1 + b1) = 1 / (1 + exp(-a1))
+            # forward: z1 = sigmoid(x W1 + b1)
             np.dot(x, W1, out=a1)
             np.add(a1, b1, out=a1)
-            np.negative(a1, out=a1)
-            np.exp(a1, out=a1)
-            np.add(a1, one, out=a1)
-            np.divide(one, a1, out=z1)
+            sigmoid_into(a1, z1, work=a1)
             # a2 = [z1 1] [W2; b2] and softmax, transposed: (output, batch)
             np.dot(W2b2.T, z1_ones.T, out=y)
             np.maximum.reduce(y, axis=0, out=column_max)  # shifted so that exp cannot overflow
