@@ -125,24 +125,24 @@ class _SnapshotWork:
 def evaluate_epochs(snapshots, x_train, t_train, x_test, t_test, chunk_size=CHUNK_ROWS, kept=None):
     """Per-epoch figures for a run: one row per snapshot, in the order given.
 
-    snapshots: iterable of (epoch, iteration, params), e.g. loaded checkpoints.
-    kept(iteration, params_digest) -> row or None: figures computed earlier (during
-    training) for these very weights; a snapshot it has no row for is evaluated here.
-    Returns (rows, confusion) where each row holds epoch, iteration and the accuracy and
-    mean loss over the whole training and test sets, and confusion is the test-set
-    confusion matrix of the last snapshot.
+    snapshots: (epoch, iteration, params) triples, e.g. loaded checkpoints. kept: one row
+    or None per snapshot, figures computed earlier (during training) for these very
+    weights; only the snapshots without one are evaluated, so x_train and t_train may be
+    None when every snapshot has one. Returns (rows, confusion) where each row holds
+    epoch, iteration and the accuracy and mean loss over the whole training and test
+    sets, and confusion is the test-set confusion matrix of the last snapshot.
     """
-    rows, predictions, params = [], None, None
-    for epoch, iteration, params in snapshots:
-        row = kept(int(iteration), params_digest(params)) if kept is not None else None
+    snapshots = list(snapshots)
+    if not snapshots:
+        raise ValueError("no snapshots to evaluate")
+    rows, predictions = [], None
+    for (epoch, iteration, params), row in zip(snapshots, kept or [None] * len(snapshots)):
+        predictions = None
         if row is None:
             row, predictions = evaluate_snapshot(epoch, iteration, params, x_train, t_train, x_test, t_test,
                                                  chunk_size)
-        else:
-            predictions = None
         rows.append(row)
-    if not rows:
-        raise ValueError("no snapshots to evaluate")
+    params = snapshots[-1][2]
     if predictions is None:  # the last row was kept: only its test predictions are needed, for the confusion
         predictions = evaluate(params, x_test, t_test, chunk_size)[2]
     n_classes = params["b2"].size

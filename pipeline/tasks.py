@@ -25,7 +25,7 @@ from pipeline.atomic import atomic_path, exclusive_lock, temporaries_of, write_a
 from pipeline.download import (default_mirrors, fetch_dataset, known_train_size, load_raw_dataset,
                                staging_directories, validate_dataset_name)
 from pipeline.errors import CheckpointError, GradientCheckError, ParameterError, PipelineError
-from pipeline.evaluation import evaluate_epochs
+from pipeline.evaluation import evaluate_epochs, params_digest
 from pipeline.gradcheck import gradient_check_report
 from pipeline.network import TwoLayerNet
 from pipeline.preprocess import normalize_images, one_hot
@@ -518,24 +518,19 @@ class EvaluateNetwork(RunTask):
         return list(report_dir.glob(".*.tmp")) if report_dir.is_dir() else []
 
     def make(self):
-        images, labels = self.load_data()
         snapshots = [checkpoint.load_checkpoint(path)
                      for path in checkpoint.list_checkpoints(self.run_dir / "checkpoints")]
-        missing = []
-
-        def kept(iteration, digest):  # the figures TrainNetwork kept while training, if they fit
-            row = report.read_epoch_figures(self.figures_dir, iteration, digest)
-            if row is None:  # an older run, or training was interrupted: evaluated here
-                missing.append(iteration)
-            return row
-
+        # the figures TrainNetwork kept while training, where they fit the checkpoint's weights
+        kept = [report.read_epoch_figures(self.figures_dir, c.iteration, params_digest(c.params)) for c in snapshots]
+        missing = kept.count(None)  # an older run, or training was interrupted: evaluated here
+        images, labels = self.load_data(("train", "test") if missing else ("test",))
         rows, confusion = evaluate_epochs(
-            ((c.epoch, c.iteration, c.params) for c in snapshots),
-            images["train"], labels["train_labels"], images["test"], labels["test_labels"], kept=kept,
+            [(c.epoch, c.iteration, c.params) for c in snapshots],
+            images.get("train"), labels.get("train_labels"), images["test"], labels["test_labels"], kept=kept,
         )
         if missing:
             logger.info("%s: evaluated %d of %d checkpoints here, the rest during training",
-                        self.run_id, len(missing), len(snapshots))
+                        self.run_id, missing, len(snapshots))
         final = snapshots[-1]
         report.append_run(Path(self.artifacts_dir) / "runs.csv", {
             "run_id": self.run_id, **self.hyperparameters(),

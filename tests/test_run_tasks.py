@@ -148,7 +148,8 @@ def test_report_figures_agree_with_the_checkpoints_they_came_from(chain):
     assert float(runs[0]["test_accuracy"]) == metrics["final"]["test_accuracy"]
 
 
-def test_checkpoints_are_evaluated_during_training_with_the_figures_evaluate_network_would_compute(chain, caplog):
+def test_checkpoints_are_evaluated_during_training_with_the_figures_evaluate_network_would_compute(chain, caplog,
+                                                                                                     monkeypatch):
     assert run(tasks.TrainNetwork, **chain) == LuigiStatusCode.SUCCESS
     task = tasks.EvaluateNetwork(**chain)
     paths = checkpoint.list_checkpoints(task.run_dir / "checkpoints")
@@ -159,8 +160,13 @@ def test_checkpoints_are_evaluated_during_training_with_the_figures_evaluate_net
         assert figures["params_sha256"] == evaluation.params_digest(c.params)
         assert figures["iteration"] == c.iteration
         kept[c.iteration] = figures
+    read_parts = []
+    read_images = processed.read_images
+    monkeypatch.setattr(processed, "read_images", lambda path, parts: read_parts.append(parts) or read_images(path, parts))
     assert run(tasks.EvaluateNetwork, **chain) == LuigiStatusCode.SUCCESS
     assert "checkpoints here" not in caplog.text  # nothing recomputed
+    assert read_parts == [("test",)]  # so the training split is not even read
+    monkeypatch.undo()
     during_training = json.loads((task.run_dir / "report" / "metrics.json").read_text())["epochs"]
     assert [row["test_accuracy"] for row in during_training] == [kept[i]["test_accuracy"] for i in sorted(kept)]
 

@@ -272,3 +272,18 @@ def test_the_background_evaluator_gives_evaluate_epochs_rows_in_order_and_raises
         evaluator.submit(0, 0, fresh().params)
         with pytest.raises(OSError, match="No space left"):
             evaluator.results()
+
+
+def test_evaluate_epochs_evaluates_only_the_snapshots_without_kept_figures():
+    x, _, labels = blobs(700, 3)
+    nets = [fresh(seed) for seed in range(3)]
+    train(nets[2], x, labels, batch_size=50, learning_rate=0.3, iterations=30, sampling="shuffle",
+          rng=np.random.default_rng(0))
+    snapshots = [(k / 2, k * 7, net.params) for k, net in enumerate(nets)]
+    rows, confusion = evaluate_epochs(snapshots, x[:500], labels[:500], x[500:], labels[500:])
+    marked = [{**rows[0], "train_loss": -1.0}, None, {**rows[2], "train_loss": -2.0}]
+    partly, partly_confusion = evaluate_epochs(snapshots, x[:500], labels[:500], x[500:], labels[500:], kept=marked)
+    assert partly == [marked[0], rows[1], marked[2]] and np.array_equal(partly_confusion, confusion)
+    # every row kept: the training split is not needed at all
+    all_kept, all_kept_confusion = evaluate_epochs(snapshots, None, None, x[500:], labels[500:], kept=rows)
+    assert all_kept == rows and np.array_equal(all_kept_confusion, confusion)
