@@ -185,10 +185,6 @@ class BackgroundEvaluator:
     def submit(self, epoch, iteration, params):
         """Queue a snapshot; params are copied now, so training may go on changing its own."""
         params = {key: np.array(params[key], copy=True) for key in PARAM_NAMES}
-        if not self.works:  # one-hot labels become indices once, not at every snapshot
-            x_train, t_train, x_test, t_test = self.data
-            n_classes = params["b2"].size
-            self.data = (x_train, to_indices(t_train, n_classes), x_test, to_indices(t_test, n_classes))
         work = _SnapshotWork(epoch, iteration, params, self.data, self.chunk_size)
         self.works.append(work)
         self.futures.append(self.pool.submit(self._evaluate, work))
