@@ -229,12 +229,10 @@ def _fetch_file(name, sources, accepted, staging, timeout, retries, backoff, pro
     failures = []
     for kind, location in _attempts(name, sources):
         where = str(location) if kind in ("file", "missing") else location + name
-        if kind == "missing":
-            failures.append(f"{where}: not found (neither .gz nor plain IDX)")
-            logger.info("%s", failures[-1])
-            continue
-        if location in unreachable:
-            failures.append(f"{where}: not tried ({unreachable[location]} for an earlier file)")
+        skipped = ("not found (neither .gz nor plain IDX)" if kind == "missing" else
+                   f"not tried ({unreachable[location]} for an earlier file)" if location in unreachable else None)
+        if skipped:
+            failures.append(f"{where}: {skipped}")
             logger.info("%s", failures[-1])
             continue
         try:
