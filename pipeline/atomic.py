@@ -66,6 +66,7 @@ def exclusive_lock(path):
 
 
 def temporaries_of(path):
-    """Temporary files that atomic_path leaves beside `path` when its process is killed."""
+    """Temporary files that atomic_path leaves beside `path` when its process is killed;
+    path's name may be a glob pattern (`dir / "iter-*.h5"`, `dir / "*"`)."""
     path = Path(path)
     return list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []

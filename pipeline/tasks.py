@@ -437,11 +437,8 @@ class TrainNetwork(RunTask):
         return luigi.LocalTarget(str(self.run_dir / "model.h5"))
 
     def leftovers(self):
-        checkpoints = self.run_dir / "checkpoints"
-        found = list(checkpoints.glob(".iter-*.h5.*.tmp")) if checkpoints.is_dir() else []
-        if self.figures_dir.is_dir():
-            found += list(self.figures_dir.glob(".iter-*.json.*.tmp"))
-        return super().leftovers() + found
+        return (super().leftovers() + temporaries_of(self.run_dir / "checkpoints" / "iter-*.h5")
+                + temporaries_of(self.figures_dir / "iter-*.json"))
 
     def make(self):
         images, labels = self.load_data()  # the test split too: each checkpoint is evaluated as it is saved
@@ -514,8 +511,7 @@ class EvaluateNetwork(RunTask):
         return luigi.LocalTarget(str(self.run_dir / "report" / "metrics.json"))
 
     def leftovers(self):
-        report_dir = self.run_dir / "report"
-        return list(report_dir.glob(".*.tmp")) if report_dir.is_dir() else []
+        return temporaries_of(self.run_dir / "report" / "*")
 
     def make(self):
         snapshots = [checkpoint.load_checkpoint(path)
