@@ -91,7 +91,7 @@ class _SnapshotWork:
             self._finished.set()
 
     def work(self):
-        for i in iter(self._next.__next__, None):
+        for i in self._next:
             if i >= len(self.pieces):
                 return
             k, start, stop = self.pieces[i]
