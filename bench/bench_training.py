@@ -16,8 +16,9 @@ Rows:
   float64, written out plainly below: np.random.choice batches, a loss recomputed after
   every update, accuracy over both sets whenever i % iter_per_epoch == 0.
 - pipeline: pipeline.training.train_evaluating, float32, as TrainNetwork calls it: each
-  checkpoint's weights are evaluated on a second thread while training goes on (checkpoint files are not written here; bench/bench_chain.py
-  times the Luigi tasks with their HDF5 files).
+  checkpoint's weights are evaluated on a second thread while training goes on
+  (checkpoint files are not written here; bench/bench_chain.py times the Luigi tasks
+  with their HDF5 files).
 - pytorch: the same algorithm in torch on the CPU, float32, 2 threads; skipped when
   torch is not importable (it is not a dependency of the project).
 

@@ -1,17 +1,16 @@
 """Mini-batch SGD core: checkpoint schedule, reproducibility, resume, divergence, validation."""
 
-import numpy as np
-import pytest
-
-from pipeline.errors import ParameterError, TrainingError
 import threading
 import time
 
-from pipeline import evaluation
+import numpy as np
+import pytest
+
+from pipeline import evaluation, training
+from pipeline.errors import ParameterError, TrainingError
 from pipeline.evaluation import (BackgroundEvaluator, confusion_matrix, evaluate, evaluate_epochs, evaluate_snapshot,
                                  params_digest)
 from pipeline.network import PARAM_NAMES, TwoLayerNet
-from pipeline import training
 from pipeline.training import (_draw_batches, checkpoint_iterations, iterations_per_epoch, train,
                                validate_hyperparameters)
 
