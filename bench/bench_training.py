@@ -18,7 +18,8 @@ Rows:
 - pipeline: pipeline.training.train_evaluating, float32, as TrainNetwork calls it: each
   checkpoint's weights are evaluated on a second thread while training goes on
   (checkpoint files are not written here; bench/bench_chain.py times the Luigi tasks
-  with their HDF5 files).
+  with their HDF5 files). With Backprop's C kernel (pipeline._kernels) where it was
+  built, and again with numpy only (MNIST_PIPELINE_KERNEL=numpy), to show what it buys.
 - pytorch: the same algorithm in torch on the CPU, float32, 2 threads; skipped when
   torch is not importable (it is not a dependency of the project).
 
@@ -27,6 +28,7 @@ time, a fully cached rerun of `mnist-pipeline run` and the peak memory of TrainN
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -37,7 +39,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.network import TwoLayerNet  # noqa: E402
+from pipeline.network import KERNELS, TwoLayerNet  # noqa: E402
 from pipeline.training import checkpoint_iterations, iterations_per_epoch, train_evaluating  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -158,7 +160,8 @@ def run_baseline(data, iterations, seed):
 
 # --- the pipeline's path ---
 
-def run_pipeline(data, iterations, seed):
+def run_pipeline(data, iterations, seed, kernel=KERNELS[0]):
+    os.environ["MNIST_PIPELINE_KERNEL"] = kernel
     x_train, t_train, x_test, t_test = data
     rng = np.random.default_rng(seed)
     network = TwoLayerNet(784, 50, 10, weight_init_std=0.01, rng=rng, dtype=np.float32)
@@ -167,6 +170,10 @@ def run_pipeline(data, iterations, seed):
                                    iterations=iterations, sampling="with-replacement", rng=rng)
     assert len(rows) == len(checkpoint_iterations(x_train.shape[0], 100, iterations))
     return rows[-1]["test_accuracy"], len(rows)
+
+
+def run_pipeline_numpy_only(data, iterations, seed):
+    return run_pipeline(data, iterations, seed, kernel="numpy")
 
 
 # --- PyTorch on the CPU, same algorithm ---
@@ -215,6 +222,11 @@ def run_torch(data, iterations, seed):
     return accuracy(x_test, t_test), evaluations + 1
 
 
+BASELINE = "baseline (book, numpy float64)"
+PIPELINE = f"pipeline (float32, {'C kernel' if KERNELS[0] == 'c' else 'numpy only'})"
+PYTORCH = "pytorch (CPU float32, 2 threads)"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -226,9 +238,13 @@ def main():
 
     x_train, t_train, x_test, t_test, description = load_data(args.generated)
     data = (x_train, t_train, x_test, t_test)
-    rows = {"baseline (book, numpy float64)": run_baseline, "pipeline (numpy float32)": run_pipeline}
+    rows = {BASELINE: run_baseline, PIPELINE: run_pipeline}
+    if KERNELS[0] == "c":
+        rows["pipeline, numpy only (no C kernel)"] = run_pipeline_numpy_only
+    else:
+        print("pipeline: pipeline._kernels was not built, so the pipeline row runs numpy only")
     if torch_or_none() is not None:
-        rows["pytorch (CPU float32, 2 threads)"] = run_torch
+        rows[PYTORCH] = run_torch
     else:
         print("pytorch: not importable, row skipped (pip install torch to add it)")
 
@@ -243,14 +259,13 @@ def main():
             times[name].append(time.perf_counter() - start)
 
     baseline = statistics.median(times[next(iter(rows))])
-    print(f"\n{'implementation':34} {'min s':>7} {'median s':>9} {'ratio':>6} {'evals':>6} {'test acc':>9}")
+    print(f"\n{'implementation':36} {'min s':>7} {'median s':>9} {'ratio':>6} {'evals':>6} {'test acc':>9}")
     for name in rows:
         median = statistics.median(times[name])
-        print(f"{name:34} {min(times[name]):7.2f} {median:9.2f} {median / baseline:6.2f} "
+        print(f"{name:36} {min(times[name]):7.2f} {median:9.2f} {median / baseline:6.2f} "
               f"{evaluations[name]:6d} {accuracies[name]:9.4f}")
-    if "pytorch (CPU float32, 2 threads)" in times:
-        ratio = statistics.median(times["pipeline (numpy float32)"]) / statistics.median(
-            times["pytorch (CPU float32, 2 threads)"])
+    if PYTORCH in times:
+        ratio = statistics.median(times[PIPELINE]) / statistics.median(times[PYTORCH])
         print(f"\npipeline / pytorch: {ratio:.2f}")
     print("(accuracy: the last repeat's final test accuracy; evals: full train+test evaluations)")
     if not args.skip_chain:

@@ -5,8 +5,11 @@ numpy only, no I/O. Names follow the book so the code can be read beside it:
 (batch,)), `params` and `grads` keyed W1, b1, W2, b2, intermediates a1, z1, a2, y.
 """
 
+import os
+
 import numpy as np
 
+from pipeline.errors import ParameterError
 from pipeline.functions import cross_entropy_error, sigmoid, sigmoid_into, softmax, to_indices
 from pipeline.gradient import numerical_gradient
 
@@ -102,8 +105,8 @@ class TwoLayerNet:
         backprop = self.backprop(batch_num)
         p = np.empty(batch_num, dtype=self.dtype)
         with np.errstate(over="ignore"):
-            backprop.run(np.ascontiguousarray(x, dtype=self.dtype), backprop.label_positions(
-                to_indices(t, self.params["b2"].size)), p, scale)
+            backprop.run(np.ascontiguousarray(x, dtype=self.dtype),
+                         backprop.targets(to_indices(t, self.params["b2"].size)), p, scale)
         loss = -np.sum(np.log(p + 1e-7)) / batch_num
         return float(loss), backprop.grads
 
@@ -128,44 +131,76 @@ def forward(params, x):
 class Backprop:
     """Forward and backward pass of a TwoLayerNet for one batch size: training's hot path.
 
-    run(x, positions, p, scale) takes a batch of inputs x (batch, input_size) in the
+    run(x, targets, p, scale) takes a batch of inputs x (batch, input_size) in the
     network's dtype, leaves the gradient of the batch's mean cross-entropy, times
     `scale`, in `flat_grad` (laid out like the network's theta, so `theta -= flat_grad`
     is one SGD step) and the probability each input gives its true class in `p`.
-    positions = label_positions(labels). Call it under np.errstate(over="ignore"): the
-    sigmoid's exp(-a1) overflows to inf for a1 below about -88 in float32, which gives
+    targets = targets(labels). Call it under np.errstate(over="ignore"): numpy's
+    sigmoid overflows exp(-a1) to inf for a1 below about -88 in float32, which gives
     exactly the sigmoid's limit 0.
 
-    Written for speed, since numpy's per-call cost rivals the work on arrays this small:
-    every intermediate lives in a buffer made once; the hidden activations carry a
-    column of ones, so b2 rides in the second layer's matrix products ([W2; b2] is one
-    block of theta) instead of costing an addition and a reduction; the second layer
-    works on transposed activations (classes x batch) so that the softmax's reductions
-    run along memory instead of across ten-element rows; the learning rate and 1 / batch
-    are folded into dL/da2. Allocating the 784 x hidden gradient afresh each step costs
-    more than computing it (large blocks come from mmap and fault in page by page).
+    Two implementations of the same arithmetic, `kernel`:
+    - "c": the two large matrix products in numpy (x W1 and x^T dz1) and everything
+      between them in one call to pipeline._kernels.backprop_tail (C, built at install
+      when a compiler is there); numpy's per-call cost, 1.5 to 2 microseconds, rivals
+      the work of each of the twenty-odd small operations it replaces.
+    - "numpy": numpy calls only, written for speed: every intermediate lives in a buffer
+      made once; the hidden activations carry a column of ones, so b2 rides in the
+      second layer's matrix products ([W2; b2] is one block of theta); the second layer
+      works on transposed activations (classes x batch) so that the softmax's reductions
+      run along memory; the learning rate and 1 / batch are folded into dL/da2.
+    They agree to float rounding (their exp and their order of sums differ), and each
+    gives the same bits every time on a given machine. Allocating the 784 x hidden
+    gradient afresh each step costs more than computing it (large blocks come from mmap
+    and fault in page by page), hence the buffers.
     """
 
-    def __init__(self, network, batch_num):
+    def __init__(self, network, batch_num, kernel=None):
+        self.kernel = default_kernel() if kernel is None else _checked_kernel(kernel)
         self.batch_num = batch_num
         self.flat_grad = np.empty_like(network.theta)
         self.grads = _views(self.flat_grad, *network.sizes)
         self._offsets = np.arange(batch_num)
-        self.run = self._make_run(network, batch_num)
+        make_run = self._make_c_run if self.kernel == "c" else self._make_numpy_run
+        self.run = make_run(network, batch_num)
 
-    def label_positions(self, labels):
-        """Where each sample's true class sits in the flattened (classes, batch) output: label * batch + row.
+    def targets(self, labels):
+        """The labels in the form run() takes them. labels: integer classes, (batch,) or (steps, batch)
+        for several batches at once (run() then takes one row of the result per batch).
 
-        labels: integer classes, (batch,) or (steps, batch) for several batches at once."""
-        return np.asarray(labels, dtype=np.intp) * self.batch_num + self._offsets
+        For the C kernel, the labels as int64; for numpy, where each true class sits in the
+        flattened (classes, batch) output: label * batch + row."""
+        labels = np.asarray(labels)
+        if self.kernel == "c":
+            return labels.astype(np.int64)
+        return labels.astype(np.intp) * self.batch_num + self._offsets
 
-    def _make_run(self, network, batch_num):
+    def _make_c_run(self, network, batch_num):
+        _, hidden, output = network.sizes
+        dtype = network.dtype
+        W1, b1 = network.params["W1"], network.params["b1"]
+        second_layer = W1.size + b1.size  # where W2 starts in theta, with b2 right after it
+        W2b2, g_W2b2 = network.theta[second_layer:], self.flat_grad[second_layer:]
+        g_W1, g_b1 = self.grads["W1"], self.grads["b1"]
+        a1 = np.empty((batch_num, hidden), dtype=dtype)
+        dz1T = np.empty((hidden, batch_num), dtype=dtype)
+        work = np.empty((hidden + output + 2) * batch_num, dtype=dtype)
+        tail, dot = _kernels.backprop_tail, np.dot
+
+        def run(x, labels, p, scale):
+            dot(x, W1, out=a1)
+            tail(a1, b1, W2b2, labels, scale, p, dz1T, g_b1, g_W2b2, work)
+            dot(x.T, dz1T.T, out=g_W1)
+
+        return run
+
+    def _make_numpy_run(self, network, batch_num):
         _, hidden, output = network.sizes
         dtype = network.dtype
         params, grads = network.params, self.grads
         W1, b1, W2 = params["W1"], params["b1"], params["W2"]
         g_W1, g_b1 = grads["W1"], grads["b1"]
-        second_layer = W1.size + b1.size  # where W2 starts in theta, with b2 right after it
+        second_layer = W1.size + b1.size
         W2b2 = network.theta[second_layer:].reshape(hidden + 1, output)
         g_W2b2 = self.flat_grad[second_layer:].reshape(hidden + 1, output)
         a1, dz1, work = (np.empty((batch_num, hidden), dtype=dtype) for _ in range(3))
@@ -207,6 +242,32 @@ class Backprop:
             np.add.reduce(dz1, axis=0, out=g_b1)
 
         return run
+
+
+try:
+    from pipeline import _kernels
+except ImportError:  # the optional C extension was not built (no compiler at install): numpy does it all
+    _kernels = None
+
+KERNELS = ("c", "numpy") if _kernels is not None else ("numpy",)
+KERNEL_VARIABLE = "MNIST_PIPELINE_KERNEL"
+
+
+def default_kernel():
+    """The Backprop implementation to use: $MNIST_PIPELINE_KERNEL if set ("c" or "numpy"),
+    otherwise "c" where pipeline._kernels was built and "numpy" where it was not."""
+    chosen = os.environ.get(KERNEL_VARIABLE, "")
+    return _checked_kernel(chosen) if chosen else KERNELS[0]
+
+
+def _checked_kernel(kernel):
+    if kernel not in ("c", "numpy"):
+        raise ParameterError(f"invalid {KERNEL_VARIABLE}={kernel!r}: must be c or numpy")
+    if kernel not in KERNELS:
+        raise ParameterError(f"{KERNEL_VARIABLE}=c, but the C extension pipeline._kernels was not built "
+                             f"(no C compiler when the package was installed?): reinstall with one, "
+                             f"or unset {KERNEL_VARIABLE} to use numpy")
+    return kernel
 
 
 def _n_params(input_size, hidden_size, output_size):

@@ -167,10 +167,10 @@ def _sgd_steps(network, batches, labels, learning_rate, gatherer):
         steps, size = indices.shape
         backprop = network.backprop(size)
         step, grad = backprop.run, backprop.flat_grad
-        positions = backprop.label_positions(labels[indices])
+        targets = backprop.targets(labels[indices])
         p = np.empty(indices.shape, dtype=network.dtype)
         for j in range(steps):
-            step(rows[j * size:(j + 1) * size], positions[j], p[j], learning_rate)
+            step(rows[j * size:(j + 1) * size], targets[j], p[j], learning_rate)
             np.subtract(theta, grad, out=theta)
         np.log(p + 1e-7, out=p)
         losses[first:first + steps] = -p.sum(axis=1, dtype=np.float64) / size

@@ -17,7 +17,7 @@ def small_problem(seed=0, dtype=np.float64, std=0.5):
 
 @pytest.mark.parametrize("std", [0.01, 0.5])
 @pytest.mark.parametrize("one_hot", [False, True])
-def test_backprop_matches_numerical_gradient_below_1e7_in_float64(std, one_hot):
+def test_backprop_matches_numerical_gradient_below_1e7_in_float64(std, one_hot, kernel):
     net, x, t = small_problem(std=std)
     labels = np.eye(10)[t] if one_hot else t
     backprop = net.gradient(x, labels)
@@ -27,7 +27,7 @@ def test_backprop_matches_numerical_gradient_below_1e7_in_float64(std, one_hot):
         assert relative_error(backprop[key], numerical[key]) < 1e-7, key
 
 
-def test_loss_and_gradient_returns_the_loss_of_the_batch_before_any_update():
+def test_loss_and_gradient_returns_the_loss_of_the_batch_before_any_update(kernel):
     net, x, t = small_problem()
     loss, _ = net.loss_and_gradient(x, t)
     assert loss == pytest.approx(net.loss(x, t), rel=1e-12)
@@ -57,13 +57,13 @@ def test_same_seed_same_weights_in_float32_and_float64():
     assert np.all(a.params["b1"] == 0) and abs(float(np.std(c.params["W1"])) - 0.01) < 5e-4
 
 
-def test_float32_network_computes_in_float32():
+def test_float32_network_computes_in_float32(kernel):
     net, x, t = small_problem(dtype=np.float32)
     assert net.predict(x).dtype == np.float32
     assert all(g.dtype == np.float32 for g in net.gradient(x, t).values())
 
 
-def test_check_gradient_reports_tiny_error_for_correct_backprop_and_restores_params():
+def test_check_gradient_reports_tiny_error_for_correct_backprop_and_restores_params(kernel):
     net, x, t = small_problem()
     before = {k: v.copy() for k, v in net.params.items()}
     report = check_gradient(net, x, t, entries_per_param=20, rng=np.random.default_rng(1))

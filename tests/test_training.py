@@ -39,7 +39,7 @@ def test_one_epoch_is_ceil_n_over_batch_and_checkpoints_fall_on_its_boundaries()
 
 
 @pytest.mark.parametrize("sampling", ["with-replacement", "shuffle"])
-def test_same_seed_gives_bit_identical_weights(sampling):
+def test_same_seed_gives_bit_identical_weights(sampling, kernel):
     x, t, _ = blobs(500, 0)
     nets = [fresh(), fresh()]
     for net in nets:
@@ -73,7 +73,7 @@ def test_resume_from_a_checkpoint_state_is_bit_identical(sampling):
     assert resumed_losses.tobytes() == full_losses.tobytes()
 
 
-def test_training_on_learnable_data_beats_chance_by_far():
+def test_training_on_learnable_data_beats_chance_by_far(kernel):
     x, t, _ = blobs(2000, 0)
     x_test, _, labels_test = blobs(500, 1)
     net = fresh()
@@ -97,7 +97,7 @@ def poisoned(n, bad_row):
     return x, t
 
 
-def test_a_nan_loss_stops_training_naming_the_iteration_and_a_hint():
+def test_a_nan_loss_stops_training_naming_the_iteration_and_a_hint(kernel):
     x, t = poisoned(200, 150)
     rng = np.random.default_rng(0)
     batch = int(np.nonzero(np.random.default_rng(0).permutation(200) == 150)[0][0]) // 50 + 1
@@ -153,7 +153,7 @@ def test_with_replacement_draws_full_batches_from_the_whole_set():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("sampling", ["with-replacement", "shuffle"])
-def test_training_is_bit_identical_to_plain_sgd_with_loss_and_gradient(sampling, dtype, monkeypatch):
+def test_training_is_bit_identical_to_plain_sgd_with_loss_and_gradient(sampling, dtype, kernel, monkeypatch):
     """The fast loop (prefetched rows, fused update, deferred losses) changes no bit of plain SGD:
     for each batch, loss_and_gradient then params -= grads. Small chunks force several
     gathers per segment; 530 rows in batches of 50 give a short batch per epoch."""
