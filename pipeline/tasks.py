@@ -27,7 +27,7 @@ from pipeline.download import (default_mirrors, fetch_dataset, known_train_size,
 from pipeline.errors import CheckpointError, GradientCheckError, ParameterError, PipelineError
 from pipeline.evaluation import evaluate_epochs, params_digest
 from pipeline.gradcheck import gradient_check_report
-from pipeline.network import TwoLayerNet
+from pipeline.network import TwoLayerNet, default_kernel
 from pipeline.preprocess import normalize_images, one_hot
 from pipeline.runs import run_name, sweep_name, validate_run_date
 from pipeline.sweep import write_sweep_summary
@@ -441,6 +441,7 @@ class TrainNetwork(RunTask):
                 + temporaries_of(self.figures_dir / "iter-*.json"))
 
     def make(self):
+        kernel = default_kernel()  # before any work: a bad MNIST_PIPELINE_KERNEL is refused here
         images, labels = self.load_data()  # the test split too: each checkpoint is evaluated as it is saved
         x_train = images["train"].astype(self.dtype, copy=False)
         t_train = labels["train_labels"]  # integer labels: the same loss as one-hot, gathered faster
@@ -449,6 +450,8 @@ class TrainNetwork(RunTask):
         write_json_atomically(self.run_dir / "params.json", {"run_id": self.run_id, **self.hyperparameters()})
 
         checkpoints = self.run_dir / "checkpoints"
+        logger.info("%s: backpropagation by the %s", self.run_id,
+                    "C kernel (pipeline._kernels)" if kernel == "c" else "numpy implementation")
         network, rng, start, losses = self.resume_or_start(checkpoints)
         per_epoch = iterations_per_epoch(x_train.shape[0], self.batch_size)
 

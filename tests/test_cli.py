@@ -1,6 +1,7 @@
 """mnist-pipeline run / inspect / predict, as a person at a shell uses them."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,14 @@ def test_bad_parameters_are_one_line_errors_before_anything_is_written(tmp_path,
     assert done.returncode == 2
     assert done.stderr.strip() == f"mnist-pipeline: error: {done.stderr.strip().split('error: ', 1)[1]}"
     assert message in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_kernel_variable_is_a_one_line_error_before_anything_is_written(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pipeline", "run"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "MNIST_PIPELINE_KERNEL": "fortran"})
+    assert done.returncode == 2
+    assert done.stderr.strip() == "mnist-pipeline: error: invalid MNIST_PIPELINE_KERNEL='fortran': must be c or numpy"
     assert list(tmp_path.iterdir()) == []
 
 
