@@ -22,9 +22,9 @@ def sigmoid(x, out=None):
 
 def sigmoid_into(x, out, work=None):
     """sigmoid(x) into `out` in four passes: three in `work` (default: out itself; may be x),
-    the last into out. Training's Backprop calls it with a contiguous work buffer and a
-    strided out, which is faster than four strided passes. It does not silence the overflow
-    of exp(-x): callers run it under np.errstate(over="ignore")."""
+    the last into out. Backprop's numpy implementation calls it with a contiguous work
+    buffer and a strided out, which is faster than four strided passes. It does not silence
+    the overflow of exp(-x): callers run it under np.errstate(over="ignore")."""
     work = out if work is None else work
     np.negative(x, out=work)
     np.exp(work, out=work)
