@@ -171,7 +171,7 @@ static PyObject *backprop_tail(PyObject *module, PyObject *const *args, Py_ssize
     for (int n = 0; n < N_ARRAYS; n++)
         count[n] = views[n].len / views[n].itemsize;
     Py_ssize_t B = count[LABELS], H = count[B1], O = H > 0 ? count[W2B2] / (H + 1) : 0;
-    if (B < 1 || H < 1 || O < 1 || (H + O + 2) > INT_MAX / B) {
+    if (B < 1 || H < 1 || O < 1 || (H + O + 2) > INT_MAX / B || O > INT_MAX / (H + 1)) { /* int indices */
         PyErr_Format(PyExc_ValueError, "backprop_tail: sizes batch %zd, hidden %zd, classes %zd out of range", B, H, O);
         goto done;
     }

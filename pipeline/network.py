@@ -13,6 +13,11 @@ from pipeline.errors import ParameterError
 from pipeline.functions import cross_entropy_error, sigmoid, sigmoid_into, softmax, to_indices
 from pipeline.gradient import numerical_gradient
 
+try:
+    from pipeline import _kernels
+except ImportError:  # the optional C extension was not built (no compiler at install): numpy does it all
+    _kernels = None
+
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
 
 
@@ -243,11 +248,6 @@ class Backprop:
 
         return run
 
-
-try:
-    from pipeline import _kernels
-except ImportError:  # the optional C extension was not built (no compiler at install): numpy does it all
-    _kernels = None
 
 KERNELS = ("c", "numpy") if _kernels is not None else ("numpy",)
 KERNEL_VARIABLE = "MNIST_PIPELINE_KERNEL"
