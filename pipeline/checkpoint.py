@@ -60,7 +60,7 @@ def checkpoint_path(checkpoint_dir, iteration):
 
 
 def save_checkpoint(path, *, params, iteration, epoch, losses, rng_state, hyperparameters, dataset,
-                    data_checksums, run_id):
+                    data_checksums, run_id, backprop=""):
     """Write one checkpoint atomically.
 
     params: W1 (input, hidden), b1 (hidden,), W2 (hidden, classes), b2 (classes,), stored in
@@ -68,6 +68,8 @@ def save_checkpoint(path, *, params, iteration, epoch, losses, rng_state, hyperp
     rng_state: `generator.bit_generator.state`; numpy arrays in it (MT19937, Philox) are
     stored as lists, which numpy accepts back. Refuses (CheckpointError), before writing
     anything, weights holding NaN or inf and a loss history whose length is not iteration.
+    backprop: the Backprop implementation that trained it ("c" or "numpy"; the two differ
+    in the last bits), kept as an attribute.
     """
     for key in PARAM_NAMES:
         if key not in params:
@@ -92,6 +94,7 @@ def save_checkpoint(path, *, params, iteration, epoch, losses, rng_state, hyperp
             "format_version": FORMAT_VERSION,
             "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "package_version": __version__,
+            "backprop": backprop,
         })
 
 

@@ -452,7 +452,7 @@ class TrainNetwork(RunTask):
         checkpoints = self.run_dir / "checkpoints"
         logger.info("%s: backpropagation by the %s", self.run_id,
                     "C kernel (pipeline._kernels)" if kernel == "c" else "numpy implementation")
-        network, rng, start, losses = self.resume_or_start(checkpoints)
+        network, rng, start, losses = self.resume_or_start(checkpoints, kernel)
         per_epoch = iterations_per_epoch(x_train.shape[0], self.batch_size)
 
         def save(iteration, losses_so_far):
@@ -460,7 +460,7 @@ class TrainNetwork(RunTask):
             checkpoint.save_checkpoint(
                 path, params=network.params, iteration=iteration, epoch=iteration / per_epoch,
                 losses=losses_so_far, rng_state=rng.bit_generator.state, hyperparameters=self.hyperparameters(),
-                dataset=self.dataset, data_checksums=data_checksums, run_id=self.run_id,
+                dataset=self.dataset, data_checksums=data_checksums, run_id=self.run_id, backprop=kernel,
             )
             self.report_progress(iteration, per_epoch, losses_so_far)
 
@@ -471,9 +471,10 @@ class TrainNetwork(RunTask):
         with atomic_path(self.output().path) as tmp:
             shutil.copyfile(checkpoint.checkpoint_path(checkpoints, self.iterations), tmp)
 
-    def resume_or_start(self, checkpoints):
+    def resume_or_start(self, checkpoints, kernel):
         """(network, rng, start iteration, losses so far) from the newest valid checkpoint,
-        or a fresh network and generator seeded with `seed`."""
+        or a fresh network and generator seeded with `seed`. kernel: the Backprop
+        implementation this process trains with."""
         latest = checkpoint.latest_checkpoint(checkpoints)
         if latest is None:
             logger.info("%s: training from iteration 0", self.run_id)
@@ -487,6 +488,11 @@ class TrainNetwork(RunTask):
                 f"move it out of {checkpoints} and rerun"
             )
         logger.info("%s: resuming training from iteration %d (%s)", self.run_id, latest.iteration, latest.path)
+        trained_by = latest.attrs.get("backprop", "")
+        if trained_by and trained_by != kernel:
+            logger.warning("%s: %s was trained with the %s Backprop and this process uses %s: the run goes on, but its "
+                           "last bits will differ from an uninterrupted run (MNIST_PIPELINE_KERNEL=%s resumes as it "
+                           "started)", self.run_id, latest.path, trained_by, kernel, trained_by)
         rng = np.random.default_rng()
         rng.bit_generator.state = latest.rng_state
         return TwoLayerNet.from_params(latest.params), rng, latest.iteration, latest.losses

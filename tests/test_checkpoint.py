@@ -79,7 +79,8 @@ def test_plain_h5py_reads_the_layout(tmp_path):
         assert int(f.attrs["iteration"]) == 600
         assert json.loads(f.attrs["hyperparameters"])["hidden_size"] == 20
         assert json.loads(f.attrs["data_checksums"]) == {"a.gz": "00ff"}
-        for name in ("rng_state", "format_version", "created_at", "package_version", "dataset", "epoch", "loss"):
+        for name in ("rng_state", "format_version", "created_at", "package_version", "dataset", "epoch", "loss",
+                     "backprop"):
             assert name in f.attrs
 
 
