@@ -21,7 +21,7 @@ import numpy as np
 from pipeline import checkpoint, report
 from pipeline.errors import CheckpointError, PipelineError
 from pipeline.idx import read_idx
-from pipeline.network import TwoLayerNet, default_kernel
+from pipeline.network import TwoLayerNet
 from pipeline.preprocess import normalize_images
 
 EXIT_USAGE = 2  # argparse's code for a bad command line; bad parameters count as one
@@ -76,7 +76,6 @@ def run_command(args):
     given = {name: getattr(args, name) for name, _, _ in tasks.parameter_descriptions()
              if getattr(args, name) is not None}
     target = tasks.EvaluateNetwork(**given)  # raises ParameterError for bad values, before any work
-    default_kernel()  # and for a bad MNIST_PIPELINE_KERNEL
     status, failures = tasks.build([target], workers=args.workers, scheduler_url=args.scheduler_url)
     code = tasks.exit_code(status)
     if code:

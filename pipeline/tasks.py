@@ -347,6 +347,7 @@ class RunTask(DataTask):
         validate_dataset_name(self.dataset)
         validate_hyperparameters(**self._hyperparameters_to_validate(), train_size=known_train_size(self.dataset))
         validate_run_date(self.date)
+        default_kernel()  # and $MNIST_PIPELINE_KERNEL, which chooses how TrainNetwork backpropagates
 
     def _hyperparameters_to_validate(self):
         return {key: getattr(self, key) for key in (
@@ -441,7 +442,7 @@ class TrainNetwork(RunTask):
                 + temporaries_of(self.figures_dir / "iter-*.json"))
 
     def make(self):
-        kernel = default_kernel()  # before any work: a bad MNIST_PIPELINE_KERNEL is refused here
+        kernel = default_kernel()
         images, labels = self.load_data()  # the test split too: each checkpoint is evaluated as it is saved
         x_train = images["train"].astype(self.dtype, copy=False)
         t_train = labels["train_labels"]  # integer labels: the same loss as one-hot, gathered faster
