@@ -165,7 +165,6 @@ class Backprop:
         self.batch_num = batch_num
         self.flat_grad = np.empty_like(network.theta)
         self.grads = _views(self.flat_grad, *network.sizes)
-        self._offsets = np.arange(batch_num)
         make_run = self._make_c_run if self.kernel == "c" else self._make_numpy_run
         self.run = make_run(network, batch_num)
 
@@ -178,14 +177,13 @@ class Backprop:
         labels = np.asarray(labels)
         if self.kernel == "c":
             return labels.astype(np.int64)
-        return labels.astype(np.intp) * self.batch_num + self._offsets
+        return labels.astype(np.intp) * self.batch_num + np.arange(self.batch_num)
 
     def _make_c_run(self, network, batch_num):
         _, hidden, output = network.sizes
         dtype = network.dtype
         W1, b1 = network.params["W1"], network.params["b1"]
-        second_layer = W1.size + b1.size  # where W2 starts in theta, with b2 right after it
-        W2b2, g_W2b2 = network.theta[second_layer:], self.flat_grad[second_layer:]
+        W2b2, g_W2b2 = _second_layer(network.theta, network.sizes), _second_layer(self.flat_grad, network.sizes)
         g_W1, g_b1 = self.grads["W1"], self.grads["b1"]
         a1 = np.empty((batch_num, hidden), dtype=dtype)
         dz1T = np.empty((hidden, batch_num), dtype=dtype)
@@ -205,9 +203,7 @@ class Backprop:
         params, grads = network.params, self.grads
         W1, b1, W2 = params["W1"], params["b1"], params["W2"]
         g_W1, g_b1 = grads["W1"], grads["b1"]
-        second_layer = W1.size + b1.size
-        W2b2 = network.theta[second_layer:].reshape(hidden + 1, output)
-        g_W2b2 = self.flat_grad[second_layer:].reshape(hidden + 1, output)
+        W2b2, g_W2b2 = _second_layer(network.theta, network.sizes), _second_layer(self.flat_grad, network.sizes)
         a1, dz1, work = (np.empty((batch_num, hidden), dtype=dtype) for _ in range(3))
         z1_ones = np.ones((batch_num, hidden + 1), dtype=dtype)  # [z1 1]
         z1 = z1_ones[:, :-1]
@@ -272,6 +268,12 @@ def _checked_kernel(kernel):
 
 def _n_params(input_size, hidden_size, output_size):
     return (input_size + 1) * hidden_size + (hidden_size + 1) * output_size
+
+
+def _second_layer(flat, sizes):
+    """[W2; b2] of a flat array laid out like theta, as one (hidden + 1, output) matrix: they come last."""
+    _, hidden_size, output_size = sizes
+    return flat[-(hidden_size + 1) * output_size:].reshape(hidden_size + 1, output_size)
 
 
 def _views(flat, input_size, hidden_size, output_size):
