@@ -54,6 +54,13 @@ static inline REAL CONCAT(dot_of_, REAL)(int n, const REAL *restrict x, const RE
     return sum;
 }
 
+/* y += w x, n values */
+static inline void CONCAT(add_scaled_, REAL)(int n, REAL w, const REAL *restrict x, REAL *restrict y)
+{
+    for (int i = 0; i < n; i++)
+        y[i] += w * x[i];
+}
+
 VECTOR_CLONES
 static void TAIL(int B, int H, int O, const REAL *restrict a1, const REAL *restrict b1,
                  const REAL *restrict W2b2, const int64_t *restrict labels, REAL scale, REAL *restrict p,
@@ -80,12 +87,8 @@ static void TAIL(int B, int H, int O, const REAL *restrict a1, const REAL *restr
         REAL *restrict y = yT + o * B;
         for (int i = 0; i < B; i++)
             y[i] = b2[o];
-        for (int h = 0; h < H; h++) {
-            const REAL w = W2b2[h * O + o];
-            const REAL *restrict z = z1T + h * B;
-            for (int i = 0; i < B; i++)
-                y[i] += w * z[i];
-        }
+        for (int h = 0; h < H; h++)
+            CONCAT(add_scaled_, REAL)(B, W2b2[h * O + o], z1T + h * B, y);
     }
     /* y = softmax(a2), each input's maximum subtracted first so that exp cannot overflow */
     for (int i = 0; i < B; i++)
@@ -141,12 +144,8 @@ static void TAIL(int B, int H, int O, const REAL *restrict a1, const REAL *restr
         const REAL *restrict z = z1T + h * B;
         for (int i = 0; i < B; i++)
             d[i] = 0;
-        for (int o = 0; o < O; o++) {
-            const REAL w = W2b2[h * O + o];
-            const REAL *restrict y = yT + o * B;
-            for (int i = 0; i < B; i++)
-                d[i] += w * y[i];
-        }
+        for (int o = 0; o < O; o++)
+            CONCAT(add_scaled_, REAL)(B, W2b2[h * O + o], yT + o * B, d);
         for (int i = 0; i < B; i++)
             d[i] *= z[i] - z[i] * z[i];
         g_b1[h] = CONCAT(sum_of_, REAL)(B, d);
