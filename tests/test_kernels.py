@@ -88,6 +88,11 @@ def kernel_arguments(batch=4, hidden=3, classes=10, dtype=np.float32):
                 work=np.empty((hidden + classes + 2) * batch, dtype))
 
 
+def read_only(array):
+    array.flags.writeable = False
+    return array
+
+
 @needs_c
 @pytest.mark.parametrize("change, error, message", [
     (dict(labels=np.array([0, 1, 10, 2], dtype=np.int64)), ValueError, "label 10 of input 2 is not a class in"),
@@ -97,8 +102,9 @@ def kernel_arguments(batch=4, hidden=3, classes=10, dtype=np.float32):
     (dict(b1=np.zeros(3, dtype=np.float64)), TypeError, "b1 must be float32 like a1"),
     (dict(b1=np.zeros(2, dtype=np.float32)), ValueError, "a1 must hold 8 float32 values"),
     (dict(work=np.empty(10, dtype=np.float32)), ValueError, "work must hold 60 float32 values"),
-    (dict(g_W2b2=np.zeros(39, dtype=np.float32)), ValueError, r"g_W2b2 must hold 40 float32 values \(batch 4, hidden 3, "),
+    (dict(g_W2b2=np.zeros(39, dtype=np.float32)), ValueError, r"g_W2b2 must hold 40 float32 values \(batch 4, "),
     (dict(dz1T=np.zeros((4, 3), dtype=np.float32).T), ValueError, "dz1T must be a C-contiguous, writable array"),
+    (dict(g_b1=read_only(np.zeros(3, dtype=np.float32))), ValueError, "g_b1 must be a C-contiguous, writable array"),
     (dict(a1=[[0.5] * 3] * 4), ValueError, "a1 must be a C-contiguous array"),
 ])
 def test_the_c_kernel_refuses_mismatched_arrays_before_writing_anything(change, error, message):
@@ -111,21 +117,10 @@ def test_the_c_kernel_refuses_mismatched_arrays_before_writing_anything(change, 
         assert arguments[key].tobytes() == before.tobytes(), key
 
 
-@needs_c
-def test_the_c_kernel_refuses_read_only_outputs():
-    arguments = kernel_arguments()
-    arguments["g_b1"].flags.writeable = False
-    with pytest.raises(ValueError, match="g_b1 must be a C-contiguous, writable array"):
-        network._kernels.backprop_tail(*arguments.values())
-
-
-@pytest.mark.parametrize("value, message", [
-    ("fortran", "invalid MNIST_PIPELINE_KERNEL='fortran': must be c or numpy"),
-])
-def test_an_unknown_kernel_is_a_parameter_error(value, message, monkeypatch):
-    monkeypatch.setenv("MNIST_PIPELINE_KERNEL", value)
+def test_an_unknown_kernel_is_a_parameter_error(monkeypatch):
+    monkeypatch.setenv("MNIST_PIPELINE_KERNEL", "fortran")
     net = TwoLayerNet(12, 6, 10, rng=np.random.default_rng(0))
-    with pytest.raises(ParameterError, match=message):
+    with pytest.raises(ParameterError, match="invalid MNIST_PIPELINE_KERNEL='fortran': must be c or numpy"):
         net.loss_and_gradient(np.zeros((2, 12)), [1, 2])
 
 
