@@ -2,19 +2,20 @@
 
 Layout of one file:
     /params/W1, /params/b1, /params/W2, /params/b2   the weights, float32 or float64
-    /losses                                         float64 (iteration,): mini-batch loss of
-                                                    every iteration so far
-    attributes: iteration, epoch, loss, dataset, data_checksums (JSON), hyperparameters (JSON),
-                rng_state (JSON of numpy's bit_generator.state), run_id, format_version,
-                created_at (ISO 8601, UTC), package_version
+    /losses          float64 (iteration,): the mini-batch loss of every iteration so far
+    /evaluation      model.h5 only: float64 (checkpoints, 6), one row per checkpoint, columns
+                     in its `columns` attribute (epoch, iteration, train/test accuracy and loss)
+    attributes: iteration, epoch, minibatch_loss (the last batch's), epoch_mean_loss (mean over
+                the last epoch's batches; both absent at iteration 0), dataset, data_checksums,
+                inputs (sha256 of the files it was trained from), hyperparameters, rng_state
+                (numpy's bit_generator.state), all JSON; run_id, format_version, created_at
+                (ISO 8601, UTC), package_version
 
-Every file appears complete or not at all: it is written under a temporary name in the
-same directory, flushed to disk, and renamed over the final name.
+Every file appears complete or not at all (written beside, flushed, renamed).
 """
 
 import datetime
 import json
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +26,14 @@ import numpy as np
 from pipeline import __version__
 from pipeline.atomic import atomic_path
 from pipeline.errors import CheckpointError
+from pipeline.evaluation import EPOCH_COLUMNS
+from pipeline.logs import logger
 from pipeline.network import PARAM_NAMES
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 NAME = re.compile(r"^iter-(\d{8,})\.h5$")  # 8 digits, more past iteration 99,999,999
 REQUIRED_ATTRS = ("iteration", "epoch", "rng_state", "hyperparameters", "run_id", "format_version")
-FIX = "delete it and rerun the training command to recreate it"
-
-logger = logging.getLogger("pipeline")
+FIX = "rerun the training command: it is made again from the last good checkpoint before it"
 
 
 @dataclass
@@ -41,13 +42,14 @@ class Checkpoint:
     params: dict
     iteration: int
     epoch: float
-    loss: float
     losses: np.ndarray
     rng_state: dict
     hyperparameters: dict
     dataset: str
     data_checksums: dict
     run_id: str
+    inputs: dict = field(default_factory=dict)
+    evaluation: list = None
     created_at: str = ""
     format_version: int = FORMAT_VERSION
     package_version: str = __version__
@@ -60,16 +62,13 @@ def checkpoint_path(checkpoint_dir, iteration):
 
 
 def save_checkpoint(path, *, params, iteration, epoch, losses, rng_state, hyperparameters, dataset,
-                    data_checksums, run_id, backprop=""):
-    """Write one checkpoint atomically.
+                    data_checksums, run_id, inputs, per_epoch=1, evaluation=None):
+    """Write one checkpoint (or, with evaluation rows, a model file) atomically.
 
-    params: W1 (input, hidden), b1 (hidden,), W2 (hidden, classes), b2 (classes,), stored in
-    their own dtype. losses: (iteration,) mini-batch losses of iterations 1..iteration.
-    rng_state: `generator.bit_generator.state`; numpy arrays in it (MT19937, Philox) are
-    stored as lists, which numpy accepts back. Refuses (CheckpointError), before writing
-    anything, weights holding NaN or inf and a loss history whose length is not iteration.
-    backprop: the Backprop implementation that trained it ("c" or "numpy"; the two differ
-    in the last bits), kept as an attribute.
+    params: W1 (input, hidden), b1 (hidden,), W2 (hidden, classes), b2 (classes,), in their own
+    dtype; losses: (iteration,) mini-batch losses; rng_state: bit_generator.state; inputs:
+    {label: sha256}; evaluation: rows of EPOCH_COLUMNS. Refuses (CheckpointError), before
+    writing anything, non-finite weights and a loss history whose length is not iteration.
     """
     for key in PARAM_NAMES:
         if key not in params:
@@ -81,11 +80,14 @@ def save_checkpoint(path, *, params, iteration, epoch, losses, rng_state, hyperp
         # resuming continues this history, so a wrong length would corrupt every later report
         raise CheckpointError(f"refusing to save {path}: {losses.shape[0] if losses.ndim else 0} losses "
                               f"for iteration {iteration}")
+    figures = {}
+    if iteration:  # iteration 0 has no loss yet
+        figures = {"minibatch_loss": float(losses[-1]), "epoch_mean_loss": float(np.mean(losses[-per_epoch:]))}
     with atomic_path(path) as temporary, h5py.File(temporary, "w") as f:
-        _write_layout(f, params, losses, {
+        _write_layout(f, params, losses, evaluation, {
             "iteration": int(iteration),
             "epoch": float(epoch),
-            "loss": float(losses[-1]) if iteration else float("nan"),
+            **figures,
             "dataset": dataset,
             "data_checksums": _json(data_checksums),
             "hyperparameters": _json(hyperparameters),
@@ -94,15 +96,19 @@ def save_checkpoint(path, *, params, iteration, epoch, losses, rng_state, hyperp
             "format_version": FORMAT_VERSION,
             "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "package_version": __version__,
-            "backprop": backprop,
+            "inputs": _json(inputs),
         })
 
 
-def _write_layout(f, params, losses, attrs):
+def _write_layout(f, params, losses, evaluation, attrs):
     group = f.create_group("params")
     for key in PARAM_NAMES:
         group.create_dataset(key, data=params[key])
     f.create_dataset("losses", data=losses)
+    if evaluation is not None:
+        table = f.create_dataset("evaluation", data=np.array(
+            [[row[c] for c in EPOCH_COLUMNS] for row in evaluation], dtype=np.float64).reshape(-1, len(EPOCH_COLUMNS)))
+        table.attrs["columns"] = ",".join(EPOCH_COLUMNS)
     f.attrs.update(attrs)
 
 
@@ -119,14 +125,14 @@ def load_checkpoint(path):
             attrs = {key: _plain(value) for key, value in f.attrs.items()}
             params = {key: f["params"][key][()] for key in PARAM_NAMES}
             losses = f["losses"][()]
+            evaluation = _evaluation(f)
         loaded = Checkpoint(
-            path=path, params=params, iteration=int(attrs["iteration"]), epoch=float(attrs["epoch"]),
-            loss=float(attrs.get("loss", float("nan"))), losses=losses,
+            path=path, params=params, iteration=int(attrs["iteration"]), epoch=float(attrs["epoch"]), losses=losses,
             rng_state=json.loads(attrs["rng_state"]), hyperparameters=json.loads(attrs["hyperparameters"]),
             dataset=attrs.get("dataset", ""), data_checksums=json.loads(attrs.get("data_checksums", "{}")),
             run_id=attrs["run_id"], created_at=attrs.get("created_at", ""),
             format_version=int(attrs["format_version"]), package_version=attrs.get("package_version", ""),
-            attrs=attrs,
+            inputs=json.loads(attrs.get("inputs", "{}")), evaluation=evaluation, attrs=attrs,
         )
     except CheckpointError:
         raise
@@ -134,6 +140,16 @@ def load_checkpoint(path):
         raise CheckpointError(f"{path} is not a readable HDF5 checkpoint ({error}): {FIX}") from None
     _check_consistent(loaded)
     return loaded
+
+
+def _evaluation(f):
+    """model.h5's rows as dicts, or None for a plain checkpoint."""
+    if "evaluation" not in f:
+        return None
+    table = f["evaluation"]
+    if table.attrs.get("columns") != ",".join(EPOCH_COLUMNS) or table.ndim != 2:
+        raise ValueError("its evaluation table does not have the expected columns")
+    return [{c: int(v) if c == "iteration" else float(v) for c, v in zip(EPOCH_COLUMNS, row)} for row in table[()]]
 
 
 def _check_layout(path, f):
@@ -171,15 +187,28 @@ def list_checkpoints(checkpoint_dir):
     return [p for _, p in sorted(named)]
 
 
-def latest_checkpoint(checkpoint_dir):
-    """The newest checkpoint that loads, or None. Each damaged newer one is skipped with a
-    warning naming it; nothing is deleted."""
-    for path in reversed(list_checkpoints(checkpoint_dir)):
+def valid_prefix(checkpoint_dir, iterations, run_id, inputs):
+    """[Checkpoint] at the given iterations, in order, up to (not including) the first one that
+    is missing, does not load, or was made by another run or from other inputs: what a resume
+    may build on. Each one refused is logged with the reason; nothing is deleted."""
+    loaded = []
+    for iteration in iterations:
+        path = checkpoint_path(checkpoint_dir, iteration)
+        if not path.exists():
+            break
         try:
-            return load_checkpoint(path)
+            c = load_checkpoint(path)
         except CheckpointError as error:
-            logger.warning("skipping damaged checkpoint %s: %s", path, error)
-    return None
+            logger.warning("not resuming from %s or later: %s", path, error)
+            break
+        reason = (f"it belongs to run {c.run_id}" if c.run_id != run_id else
+                  f"it is for iteration {c.iteration}" if c.iteration != iteration else
+                  "it was trained from other data" if c.inputs != inputs else None)
+        if reason:
+            logger.warning("not resuming from %s or later: %s", path, reason)
+            break
+        loaded.append(c)
+    return loaded
 
 
 def describe_h5(path):

@@ -1,9 +1,9 @@
-"""The mnist-pipeline command: run the whole chain, inspect artifacts, predict with a model.
+"""The mnist-pipeline command: run the chain, say what would run, inspect artifacts, predict.
 
     mnist-pipeline run --dataset fashion-mnist
-    mnist-pipeline inspect                      # every run
+    mnist-pipeline status --dataset fashion-mnist  # what is complete, what would run and why
+    mnist-pipeline inspect                         # every run
     mnist-pipeline inspect artifacts/fashion-mnist/h50-b100-lr0.1-s0-1a2b3c4d
-    mnist-pipeline inspect artifacts/.../model.h5
     mnist-pipeline predict artifacts/.../model.h5 t10k-images-idx3-ubyte.gz [t10k-labels-idx1-ubyte.gz]
 
 Errors the pipeline expects (a missing file, a damaged checkpoint, a bad parameter) are
@@ -11,6 +11,7 @@ printed as one line, "mnist-pipeline: error: ...", with a non-zero exit code.
 """
 
 import argparse
+import configparser
 import csv
 import json
 import sys
@@ -18,13 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import checkpoint, report
-from pipeline.errors import CheckpointError, PipelineError
+from pipeline import __version__, checkpoint, lineage, runs
+from pipeline.errors import CheckpointError, DataError, ParameterError, PipelineError
 from pipeline.idx import read_idx
+from pipeline.logs import user_message
 from pipeline.network import TwoLayerNet
-from pipeline.preprocess import normalize_images
+from pipeline.processed import normalize_images
 
 EXIT_USAGE = 2  # argparse's code for a bad command line; bad parameters count as one
+EXIT_WOULD_RUN = 3  # `status`: some task is not complete
 
 
 def main(argv=None):
@@ -32,9 +35,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except PipelineError as error:
-        print(f"mnist-pipeline: error: {error}", file=sys.stderr)
-        return EXIT_USAGE if args.command == "run" else 1
+    except (PipelineError, ValueError, configparser.Error) as error:
+        message = user_message(error) if not isinstance(error, configparser.Error) else (
+            f"luigi.cfg cannot be read: {str(error).splitlines()[0]}")
+        if message is None:
+            raise
+        print(f"mnist-pipeline: error: {message}", file=sys.stderr)
+        usage = isinstance(error, (ParameterError, configparser.Error)) or not isinstance(error, PipelineError)
+        return EXIT_USAGE if usage else 1
     except KeyboardInterrupt:
         print("mnist-pipeline: interrupted", file=sys.stderr)
         return 130
@@ -42,17 +50,23 @@ def main(argv=None):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="mnist-pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"mnist-pipeline {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="train and evaluate (builds EvaluateNetwork and all it needs)")
-    from pipeline import tasks  # luigi is imported only where the chain is run
-
-    for name, kind, description in tasks.parameter_descriptions():
-        run.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=description)
+    run = commands.add_parser("run", help="train and evaluate (builds EvaluateNetwork and all it needs)",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _task_flags(run)
     run.add_argument("--workers", type=int, default=1, help="Luigi worker processes")
-    run.add_argument("--scheduler-url", default=None,
-                     help="a central luigid (e.g. http://localhost:8082); the local scheduler by default")
+    run.add_argument("--scheduler-host", default=None,
+                     help="a central luigid's host; the local scheduler when not given")
+    run.add_argument("--scheduler-port", type=int, default=8082, help="the central luigid's port")
     run.set_defaults(handler=run_command)
+
+    status = commands.add_parser("status", help="say which tasks of a run are complete, stale or to run; "
+                                                f"exit 0 when all are complete, {EXIT_WOULD_RUN} otherwise",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _task_flags(status)
+    status.set_defaults(handler=status_command)
 
     inspect = commands.add_parser("inspect", help="list runs, or show one run directory or .h5 file")
     inspect.add_argument("path", nargs="?", help="a run directory or an .h5 file; nothing for all runs")
@@ -68,28 +82,114 @@ def build_parser():
     return parser
 
 
+def _task_flags(parser):
+    """One flag per parameter of EvaluateNetwork (lists and dicts aside), its default shown as
+    luigi.cfg or the code sets it."""
+    from pipeline import tasks  # luigi is imported only where the chain is run
+
+    for name, param in tasks.EvaluateNetwork.get_params():
+        if isinstance(param, (tasks.luigi.ListParameter, tasks.luigi.DictParameter)):
+            continue
+        try:
+            default = param.task_value("EvaluateNetwork", name)
+        except Exception:  # a bad luigi.cfg value: reported when the task is built
+            default = None
+        default = default.isoformat() if hasattr(default, "isoformat") else default
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                            help=f"{param.description or ''} (default: {default})")
+    parser.set_defaults(task_params=[name for name, _ in tasks.EvaluateNetwork.get_params()])
+
+
+def _target(args):
+    from pipeline import tasks
+
+    given = {name: getattr(args, name) for name in args.task_params if getattr(args, name, None) is not None}
+    return tasks.EvaluateNetwork(**given)  # ParameterError for a bad value, before any work
+
+
 # --- run ---
 
 def run_command(args):
-    from pipeline import tasks
-
-    given = {name: getattr(args, name) for name, _, _ in tasks.parameter_descriptions()
-             if getattr(args, name) is not None}
-    target = tasks.EvaluateNetwork(**given)  # raises ParameterError for bad values, before any work
-    status, failures = tasks.build([target], workers=args.workers, scheduler_url=args.scheduler_url)
-    code = tasks.exit_code(status)
+    target = _target(args)
+    status, failures = build([target], workers=args.workers, scheduler_host=args.scheduler_host,
+                             scheduler_port=args.scheduler_port)
+    code = exit_code(status)
     if code:
         for task, message in failures:
             print(f"mnist-pipeline: error: {task.get_task_family()} failed: {message}", file=sys.stderr)
         print(f"mnist-pipeline: the run did not finish ({status.name}); exit code {code}", file=sys.stderr)
         return code
-    metrics = json.loads(Path(target.output().path).read_text())
-    final = metrics["final"]
+    final = json.loads(Path(target.output().path).read_text())["final"]
     print(f"run:    {target.run_dir}")
     print(f"report: {target.run_dir / 'report' / 'report.md'}")
     print(f"final train accuracy {final['train_accuracy']:.4f}, test accuracy {final['test_accuracy']:.4f} "
           f"after {final['iteration']} iterations")
     return 0
+
+
+_failures = []  # (task, message) of the failures in this process, for build()
+
+
+def build(tasks_to_run, workers=1, scheduler_host=None, scheduler_port=8082):
+    """Run tasks and their requirements: (luigi's LuigiStatusCode, [(task, message)] of failures
+    in this process). A bare True from luigi.build only means "no scheduling error"."""
+    import luigi
+
+    @luigi.Task.event_handler(luigi.Event.FAILURE)
+    def remember(task, exception):
+        _failures.append((task, user_message(exception) or f"{type(exception).__name__}: {exception}"))
+
+    del _failures[:]
+    where = ({"scheduler_host": scheduler_host, "scheduler_port": scheduler_port} if scheduler_host
+             else {"local_scheduler": True})
+    try:
+        result = luigi.build(tasks_to_run, detailed_summary=True, workers=workers, **where)
+    finally:
+        luigi.Task._event_callbacks.get(luigi.Task, {}).get(luigi.Event.FAILURE, set()).discard(remember)
+    return result.status, list(_failures)
+
+
+def exit_code(status):
+    """The exit code of a luigi status, from luigi.cfg's [retcode] as the luigi command uses it;
+    never 0 for a failure, even without [retcode]."""
+    from luigi.execution_summary import LuigiStatusCode
+    from luigi.retcodes import retcode
+
+    if status in (LuigiStatusCode.SUCCESS, LuigiStatusCode.SUCCESS_WITH_RETRY):
+        return 0
+    codes = retcode()
+    code = {
+        LuigiStatusCode.FAILED: codes.task_failed,
+        LuigiStatusCode.FAILED_AND_SCHEDULING_FAILED: max(codes.task_failed, codes.scheduling_error),
+        LuigiStatusCode.SCHEDULING_FAILED: codes.scheduling_error,
+        LuigiStatusCode.NOT_RUN: codes.not_run,
+        LuigiStatusCode.MISSING_EXT: codes.missing_data,
+    }.get(status, codes.unhandled_exception)
+    return code or 1
+
+
+# --- status ---
+
+def status_command(args):
+    from pipeline import tasks
+
+    target = _target(args)
+    seen, rows = set(), []
+
+    def visit(task):
+        if task.task_id in seen:
+            return
+        seen.add(task.task_id)
+        for requirement in tasks.luigi.task.flatten(task.requires()):
+            visit(requirement)
+        reason = task.stale_reason()
+        state = "complete" if reason is None else "stale" if task.output().exists() else "to run"
+        where = getattr(task, "run_id", task.dataset)
+        rows.append([task.get_task_family(), where, state, reason or ""])
+
+    visit(target)
+    print_table(["task", "of", "state", "why"], rows)
+    return 0 if all(row[2] == "complete" for row in rows) else EXIT_WOULD_RUN
 
 
 # --- inspect ---
@@ -109,7 +209,7 @@ def inspect_command(args):
 def show_runs(runs_csv):
     if not runs_csv.exists():
         raise PipelineError(f"no runs yet: {runs_csv} does not exist (run `mnist-pipeline run` first)")
-    rows = report.read_runs(runs_csv)
+    rows = runs.read_runs(runs_csv)
     columns = ["run_id", "dataset", "hidden_size", "batch_size", "learning_rate", "iterations", "seed",
                "train_accuracy", "test_accuracy", "finished_at"]
     print_table(columns, [[_short(row.get(c, "")) for c in columns] for row in rows])
@@ -117,29 +217,37 @@ def show_runs(runs_csv):
 
 
 def show_run(run_dir):
-    params_file = run_dir / "params.json"
-    if not params_file.exists():
-        raise PipelineError(f"{run_dir} is not a run directory (it has no params.json)")
-    params = json.loads(params_file.read_text())
+    paths = checkpoint.list_checkpoints(run_dir / "checkpoints")
+    if not paths:
+        raise PipelineError(f"{run_dir} is not a run directory (it has no checkpoints/iter-*.h5)")
+    params = None
+    for path in reversed(paths):
+        try:
+            params = checkpoint.load_checkpoint(path).hyperparameters
+            break
+        except CheckpointError:
+            continue
     print(f"run {run_dir}")
-    for key, value in params.items():
+    for key, value in (params or {}).items():
         print(f"  {key}: {value}")
 
-    paths = checkpoint.list_checkpoints(run_dir / "checkpoints")
     print(f"\ncheckpoints ({len(paths)}):")
     rows = []
     for path in paths:
         try:
             c = checkpoint.load_checkpoint(path)
-            rows.append([path.name, c.iteration, f"{c.epoch:.2f}", f"{c.loss:.4f}", c.created_at])
+            loss = c.attrs.get("minibatch_loss")
+            rows.append([path.name, c.iteration, f"{c.epoch:.2f}", "" if loss is None else f"{loss:.4f}",
+                         c.created_at])
         except CheckpointError as error:
             rows.append([path.name, "damaged", "", "", str(error)])
-    print_table(["file", "iteration", "epoch", "loss", "created_at"], rows)
+    print_table(["file", "iteration", "epoch", "last mini-batch loss", "created_at"], rows)
 
     accuracy_csv = run_dir / "report" / "accuracy.csv"
-    if not (run_dir / "report" / "metrics.json").exists() or not accuracy_csv.exists():
-        raise PipelineError(f"the run in {run_dir} has not finished: it has no report yet "
-                            f"(rerun the same `mnist-pipeline run` command to finish it)")
+    problem = lineage.problem(run_dir / "lineage" / "EvaluateNetwork.json", inputs=None)
+    if problem:
+        raise PipelineError(f"the run in {run_dir} has no report to trust ({problem}): rerun the same "
+                            f"`mnist-pipeline run` command to finish it")
     with open(accuracy_csv, newline="") as f:
         epochs = list(csv.DictReader(f))
     print("\nper-epoch accuracy:")
@@ -169,14 +277,16 @@ def _short(value):
 def predict_command(args):
     model = Path(args.model)
     if model.is_dir():
+        problem = lineage.problem(model / "lineage" / "TrainNetwork.json", inputs=None)
+        if problem:
+            raise PipelineError(f"{model / 'model.h5'} is not the run's trained model ({problem}): rerun the "
+                                f"run's command to train it")
         model = model / "model.h5"
-        if not model.exists():
-            raise PipelineError(f"{model} does not exist: the run has not finished training")
     network = TwoLayerNet.from_params(checkpoint.load_checkpoint(model).params)
     images = read_idx(args.images)
     if images.ndim != 3:
-        raise PipelineError(f"{args.images} holds labels, not images: give the images file first")
-    x = normalize_images(images).astype(network.dtype, copy=False)
+        raise DataError(f"{args.images} holds labels, not images: give the images file first")
+    x = normalize_images(images).astype(network.params["W1"].dtype, copy=False)
     if x.shape[1] != network.params["W1"].shape[0]:
         raise PipelineError(f"{args.images} has images of {x.shape[1]} pixels; the model takes "
                             f"{network.params['W1'].shape[0]}")
@@ -187,6 +297,8 @@ def predict_command(args):
     print(f"predicted {len(predicted)} images; per class: {counts.tolist()}", file=sys.stderr)
     if args.labels:
         labels = read_idx(args.labels)
+        if labels.ndim != 1:
+            raise DataError(f"{args.labels} holds images, not labels: give a labels file last")
         if labels.shape[0] != predicted.shape[0]:
             raise PipelineError(f"{args.labels} holds {labels.shape[0]} labels for {predicted.shape[0]} images")
         correct = int(np.count_nonzero(predicted == labels))

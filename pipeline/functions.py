@@ -1,57 +1,38 @@
-"""Activation and loss functions of chapter 4 (numpy only, no I/O).
+"""Activation and loss functions of chapter 4, and numerical differentiation (numpy only).
 
-Conventions: `x` is an input array, `y` a prediction (probabilities), `t` the labels,
-either one-hot (same shape as `y`) or integer class indices (one fewer dimension).
+Conventions: `x` an input array, `y` a prediction (probabilities), `t` labels, either one-hot
+(same shape as `y`) or integer class indices (one dimension fewer).
 """
 
 import numpy as np
 
+H = 1e-4  # the book's step for central differences
 
-def sigmoid(x, out=None):
-    """Logistic function 1 / (1 + exp(-x)), elementwise; any shape and dtype; `out` as in numpy ufuncs.
 
-    For x below about -88 in float32 (-709 in float64) exp(-x) overflows to inf, and
-    1 / (1 + inf) is exactly the sigmoid's limit 0: that overflow is expected, so it is
-    not warned about. With `out` (a float array) it runs in place as sigmoid_into does.
-    """
+def sigmoid(x):
+    """1 / (1 + exp(-x)), elementwise. exp(-x) may overflow to inf for very negative x, which
+    gives exactly the limit 0, so that overflow is not warned about."""
     with np.errstate(over="ignore"):
-        if out is None:
-            return 1 / (1 + np.exp(-x))
-        return sigmoid_into(x, out)
-
-
-def sigmoid_into(x, out, work=None):
-    """sigmoid(x) into `out` in four passes: three in `work` (default: out itself; may be x),
-    the last into out. Backprop's numpy implementation calls it with a contiguous work
-    buffer and a strided out, which is faster than four strided passes. It does not silence
-    the overflow of exp(-x): callers run it under np.errstate(over="ignore")."""
-    work = out if work is None else work
-    np.negative(x, out=work)
-    np.exp(work, out=work)
-    np.add(work, 1, out=work)
-    return np.divide(1, work, out=out)
+        return 1 / (1 + np.exp(-x))
 
 
 def sigmoid_grad(x):
-    """Derivative of the sigmoid at `x`: sigmoid(x) * (1 - sigmoid(x))."""
+    """Derivative of the sigmoid at x: sigmoid(x) * (1 - sigmoid(x))."""
     s = sigmoid(x)
     return (1.0 - s) * s
 
 
-def softmax(x, out=None):
-    """Softmax over the last axis. x: (n_classes,) or (batch, n_classes); `out` may be x.
+def softmax(x):
+    """Softmax over the last axis of x (n_classes,) or (batch, n_classes).
 
-    The row maximum is subtracted first: softmax is unchanged by a constant shift,
-    and exp() of the shifted values is at most 1, so it cannot overflow.
-    """
-    out = np.subtract(x, np.max(x, axis=-1, keepdims=True), out=out)
-    np.exp(out, out=out)
-    out /= np.sum(out, axis=-1, keepdims=True)
-    return out
+    The row maximum is subtracted first: the result is unchanged and exp() cannot overflow."""
+    x = x - np.max(x, axis=-1, keepdims=True)
+    e = np.exp(x)
+    return e / np.sum(e, axis=-1, keepdims=True)
 
 
 def to_indices(t, n_classes):
-    """Integer class indices from `t`, whether one-hot (n, n_classes) or already indices (n,)."""
+    """Integer class indices from t, whether one-hot (n, n_classes) or already indices (n,)."""
     t = np.asarray(t)
     if t.ndim == 2 and t.shape[1] == n_classes:
         return np.argmax(t, axis=1)
@@ -59,14 +40,12 @@ def to_indices(t, n_classes):
 
 
 def cross_entropy_error(y, t):
-    """Mean cross-entropy over the batch (a sum over classes, a mean over samples).
+    """Mean over the batch of the cross-entropy -log(y[true class] + 1e-7).
 
-    y: (batch, n_classes) or (n_classes,) probabilities; t: one-hot of the same shape,
-    or integer labels (batch,) or a scalar.
-    The 1e-7 keeps log() finite where a probability underflowed to 0.
-    """
+    y: (batch, n_classes) or (n_classes,); t: one-hot of y's shape, or integer labels.
+    The 1e-7 keeps log() finite where a probability underflowed to 0."""
     y, t = np.asarray(y), np.asarray(t)
-    if y.ndim == 1:  # one sample: give it a batch axis so the mean below is over one row
+    if y.ndim == 1:  # one sample: a batch of one
         t = t.reshape(1, -1) if t.size == y.size else t.reshape(1)
         y = y.reshape(1, -1)
     batch_size = y.shape[0]
@@ -75,8 +54,38 @@ def cross_entropy_error(y, t):
 
 
 def sum_squares_error(y, t):
-    """Half the sum of squared differences; y and t one-hot or probabilities of one shape.
-
-    A sum, not a mean, as in the book (it is shown there for one sample).
-    """
+    """Half the sum of squared differences (a sum, as in the book, not a mean)."""
     return 0.5 * np.sum((np.asarray(y) - np.asarray(t)) ** 2)
+
+
+def numerical_diff(f, x):
+    """Central difference (f(x + h) - f(x - h)) / 2h of a scalar function at scalar x."""
+    return (f(x + H) - f(x - H)) / (2 * H)
+
+
+def numerical_gradient(f, x):
+    """Gradient of the scalar function f at the array x (any shape) by central differences.
+
+    x is perturbed in place one element at a time, so f may read x directly; every element
+    is restored afterwards. Returns an array of x's shape and dtype."""
+    grad = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
+    while not it.finished:
+        idx = it.multi_index
+        tmp_val = x[idx]
+        x[idx] = tmp_val + H
+        fxh1 = f(x)
+        x[idx] = tmp_val - H
+        fxh2 = f(x)
+        grad[idx] = (fxh1 - fxh2) / (2 * H)
+        x[idx] = tmp_val
+        it.iternext()
+    return grad
+
+
+def gradient_descent(f, init_x, lr=0.01, step_num=100):
+    """x -= lr * grad f(x), step_num times from a copy of init_x; returns the final x."""
+    x = np.array(init_x, dtype=float)
+    for _ in range(step_num):
+        x -= lr * numerical_gradient(f, x)
+    return x

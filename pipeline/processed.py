@@ -1,13 +1,13 @@
-"""HDF5 files of processed data: images.h5 (normalized images) and labels.h5 (labels).
+"""What the network reads: normalized images and one-hot labels, and the HDF5 files that hold them.
 
     images.h5   /train (n, 784) float32 in [0, 1], /test (m, 784) float32
     labels.h5   /train/one_hot (n, 10) float32, /train/labels (n,) uint8, /test/... alike
     attributes  dataset, source_sha256 (JSON: IDX file name -> sha256 of its content),
                 format_version, created_at, package_version
 
-The writers write to the path they are given (the task hands them a temporary path that
-is renamed into place on success); the readers check the layout, shapes and dtypes, and a
-file that fails is a CheckpointError naming it and the command that rebuilds it.
+The writers write to the path they are given (a temporary path, renamed on success); the
+readers check layout, shapes, dtypes and value ranges, and a file that fails is a DataError
+naming it and the command that rebuilds it.
 """
 
 import datetime
@@ -18,9 +18,23 @@ import h5py
 import numpy as np
 
 from pipeline import __version__
-from pipeline.errors import CheckpointError
+from pipeline.errors import DataError
 
 FORMAT_VERSION = 1
+
+
+def normalize_images(images):
+    """uint8 images (n, rows, cols) -> float32 (n, rows * cols) in [0, 1]: pixel / 255."""
+    images = np.asarray(images)
+    return images.reshape(images.shape[0], -1).astype(np.float32) / np.float32(255)
+
+
+def one_hot(labels, n_classes=10):
+    """Integer labels (n,) -> float32 (n, n_classes) with a single 1 per row."""
+    labels = np.asarray(labels)
+    encoded = np.zeros((labels.shape[0], n_classes), dtype=np.float32)
+    encoded[np.arange(labels.shape[0]), labels] = 1.0
+    return encoded
 
 
 def write_images(path, x_train, x_test, *, dataset, source_sha256):
@@ -90,23 +104,23 @@ def _read(path, names, task):
         with h5py.File(path, "r") as f:
             missing = [name for name in names.values() if not isinstance(f.get(name), h5py.Dataset)]
             if missing:
-                raise CheckpointError(f"{path} lacks {', '.join(missing)}: not an output of {task}; {fix}")
+                raise DataError(f"{path} lacks {', '.join(missing)}: not an output of {task}; {fix}")
             data = {key: f[name][()] for key, name in names.items()}
             attrs = {key: (value.decode() if isinstance(value, bytes) else value) for key, value in f.attrs.items()}
         attrs["source_sha256"] = json.loads(attrs.get("source_sha256", "{}"))
-    except CheckpointError:
+    except DataError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as error:
-        raise CheckpointError(f"{path} is damaged or not HDF5 ({error}); {fix}") from None
+        raise DataError(f"{path} is damaged or not HDF5 ({error}); {fix}") from None
     data["attrs"] = attrs
     return data
 
 
 def _expect(array, shape, dtype, path, name, task):
-    """array, after checking its dtype and shape (None: any length); CheckpointError otherwise."""
+    """array, after checking its dtype and shape (None: any length); DataError otherwise."""
     fits = array.ndim == len(shape) and all(want is None or got == want for got, want in zip(array.shape, shape))
     if not fits or array.dtype != dtype:
         wanted = "(" + ", ".join("n" if n is None else str(n) for n in shape) + (",)" if len(shape) == 1 else ")")
-        raise CheckpointError(f"{path}: {name} is {array.dtype} {array.shape}, expected {np.dtype(dtype)} {wanted}: "
+        raise DataError(f"{path}: {name} is {array.dtype} {array.shape}, expected {np.dtype(dtype)} {wanted}: "
                               f"not an output of {task}; {rebuild_hint(path, task)}")
     return array

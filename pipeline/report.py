@@ -1,13 +1,11 @@
-"""A run's evaluation report, and artifacts/runs.csv, the table of all runs.
+"""A run's report: what a person reads, what DVC reads, and the record the HTML pages are made from.
 
-report/ holds metrics.json (final figures, per-epoch list, parameters, checksums, per-class
-accuracy, confusion matrix), accuracy.csv, report.md, accuracy.png and loss.png. Each file
-is written atomically; metrics.json comes last because its presence marks the report
-complete. JSON and CSV are shaped for `dvc metrics show` and `dvc plots show`.
+report/ holds report.json (everything below, in one record), metrics.json (final figures and
+per-class test accuracy: numbers only), params.json (what defines the run), accuracy.csv
+(one row per epoch), report.md, accuracy.png and loss.png. Each file is written atomically.
 """
 
 import csv
-import datetime
 import io
 import json
 from pathlib import Path
@@ -15,40 +13,21 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import __version__
-from pipeline.atomic import exclusive_lock, write_atomically
+from pipeline.atomic import write_atomically
+from pipeline.evaluation import EPOCH_COLUMNS
 
-EPOCH_COLUMNS = ("epoch", "iteration", "train_accuracy", "test_accuracy", "train_loss", "test_loss")
-FIGURES_VERSION = 1
-
-
-def epoch_figures_path(figures_dir, iteration):
-    """Where the per-epoch figures of the checkpoint at `iteration` are kept: <run>/evaluation/iter-NNNNNNNN.json."""
-    return Path(figures_dir) / f"iter-{iteration:08d}.json"
-
-
-def write_epoch_figures(figures_dir, row, params_sha256):
-    """Keep one evaluated checkpoint's row with the digest of the weights it came from (atomically)."""
-    kept = {**_epoch_row(row["iteration"], row), "params_sha256": params_sha256, "format_version": FIGURES_VERSION}
-    write_atomically(epoch_figures_path(figures_dir, row["iteration"]), json.dumps(kept, indent=2) + "\n")
+CLASS_NAMES = {
+    "mnist": [str(k) for k in range(10)],
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"],
+}
+FILES = ("report.json", "metrics.json", "params.json", "accuracy.csv", "report.md", "accuracy.png", "loss.png")
 
 
-def read_epoch_figures(figures_dir, iteration, params_sha256):
-    """The row kept for the checkpoint at `iteration` if it was computed from weights with this
-    digest, else None.
-
-    A missing, unreadable or foreign file is None, not an error: the figures are a cache
-    that EvaluateNetwork recomputes from the checkpoint."""
-    try:
-        kept = json.loads(epoch_figures_path(figures_dir, iteration).read_text())
-        if kept.get("params_sha256") != params_sha256 or kept.get("format_version") != FIGURES_VERSION:
-            return None
-        return _epoch_row(iteration, kept)
-    except (OSError, ValueError, TypeError, AttributeError):  # _epoch_row's missing key is a ValueError
-        return None
-
-
-RUN_COLUMNS = ("run_id", "dataset", "hidden_size", "batch_size", "learning_rate", "iterations", "weight_init_std",
-               "seed", "dtype", "sampling", "date", "train_accuracy", "test_accuracy", "finished_at")
+def class_names(dataset, n_classes):
+    """The names of a dataset's classes where known, else "0", "1", ..."""
+    names = CLASS_NAMES.get(dataset)
+    return list(names) if names and len(names) == n_classes else [str(k) for k in range(n_classes)]
 
 
 def per_class_accuracy(confusion):
@@ -58,88 +37,56 @@ def per_class_accuracy(confusion):
     return [float(confusion[k, k] / totals[k]) if totals[k] else None for k in range(confusion.shape[0])]
 
 
-def build_metrics(*, run_id, dataset, hyperparameters, data_checksums, epochs, confusion, class_names=None):
-    """The content of metrics.json, all figures taken from the arguments.
+def build_report(*, run_id, dataset, hyperparameters, epochs, confusion, minibatch_losses, gradient_check=None,
+                 digests=None, checkpoints=(), stage_seconds=None, created_at=""):
+    """The content of report.json, every figure taken from the arguments.
 
-    epochs: rows with the keys of EPOCH_COLUMNS, oldest first; the last is the final model.
-    confusion: (classes, classes) counts, rows the true class, columns the predicted one.
-    Numbers become plain int/float (numpy scalars are not JSON); ValueError on rows that
-    lack a key, no rows, a non-square matrix, or class_names of the wrong length.
-    """
+    epochs: rows with EPOCH_COLUMNS, oldest first, the last the final model; confusion:
+    (classes, classes) counts, rows the true class; minibatch_losses (iterations,).
+    ValueError for no rows, a row lacking a column, or a non-square confusion matrix."""
     rows = [_epoch_row(k, row) for k, row in enumerate(epochs)]
     if not rows:
         raise ValueError("no epochs to report: evaluate at least one checkpoint")
     confusion = np.asarray(confusion)
     if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
         raise ValueError(f"confusion matrix must be square, got shape {confusion.shape}")
-    names = [str(name) for name in class_names] if class_names else [str(k) for k in range(confusion.shape[0])]
-    if len(names) != confusion.shape[0]:
-        raise ValueError(f"{len(names)} class names for a {confusion.shape[0]}-class confusion matrix")
     return {
-        "run_id": run_id,
-        "dataset": dataset,
-        "final": dict(rows[-1]),
-        "epochs": rows,
-        "per_class_accuracy": dict(zip(names, per_class_accuracy(confusion))),
-        "confusion_matrix": confusion.astype(int).tolist(),
-        "hyperparameters": hyperparameters,
-        "data_checksums": data_checksums,
-        "created_at": _now(),
-        "package_version": __version__,
+        "run_id": run_id, "dataset": dataset, "class_names": class_names(dataset, confusion.shape[0]),
+        "hyperparameters": dict(hyperparameters), "final": dict(rows[-1]), "epochs": rows,
+        "minibatch_loss": [float(v) for v in np.asarray(minibatch_losses, dtype=np.float64)],
+        "confusion_matrix": confusion.astype(int).tolist(), "per_class_accuracy": per_class_accuracy(confusion),
+        "gradient_check": gradient_check or {}, "digests": digests or {}, "checkpoints": list(checkpoints),
+        "stage_seconds": stage_seconds or {}, "created_at": created_at, "package_version": __version__,
     }
 
 
-def write_report(report_dir, *, run_id, dataset, hyperparameters, data_checksums, epochs, minibatch_losses,
-                 confusion, class_names=None):
-    """Write the five report files into report_dir; returns the metrics dict.
-
-    minibatch_losses: (iterations,) float, the loss of every training iteration, for loss.png.
-    The inputs are checked before any file is touched (see build_metrics).
-    """
+def write_report(report_dir, report):
+    """Write the report's files into report_dir; returns {name: path} of what was written."""
     report_dir = Path(report_dir)
-    metrics = build_metrics(run_id=run_id, dataset=dataset, hyperparameters=hyperparameters,
-                            data_checksums=data_checksums, epochs=epochs, confusion=confusion,
-                            class_names=class_names)
-    epochs = metrics["epochs"]
-    report_dir.mkdir(parents=True, exist_ok=True)
-    # metrics.json marks the report complete: drop an old one first, so that a rewrite that
-    # fails half way never leaves the marker vouching for a mix of old and new files
-    (report_dir / "metrics.json").unlink(missing_ok=True)
-    write_atomically(report_dir / "accuracy.csv", _epochs_csv(epochs))
-    write_atomically(report_dir / "accuracy.png", _accuracy_plot(epochs, run_id))
-    write_atomically(report_dir / "loss.png", _loss_plot(np.asarray(minibatch_losses), epochs, run_id))
-    write_atomically(report_dir / "report.md", _markdown(metrics))
-    write_atomically(report_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    run_id, epochs = report["run_id"], report["epochs"]
+    final = {key: report["final"][key] for key in EPOCH_COLUMNS}
+    contents = {
+        "accuracy.csv": _epochs_csv(epochs),
+        "accuracy.png": _accuracy_plot(epochs, run_id),
+        "loss.png": _loss_plot(np.asarray(report["minibatch_loss"]), epochs, run_id),
+        "report.md": _markdown(report),
+        "metrics.json": _json({"final": final, "per_class_test_accuracy": dict(
+            zip(report["class_names"], report["per_class_accuracy"]))}),
+        "params.json": _json({"run_id": run_id, **report["hyperparameters"]}),
+        "report.json": _json(report),
+    }
+    for name in FILES:
+        write_atomically(report_dir / name, contents[name])
+    return {name: report_dir / name for name in FILES}
 
 
-def append_run(runs_csv, row):
-    """Add or replace (same run_id) one row of runs.csv, safely with concurrent writers.
-
-    An exclusive lock on runs.csv.lock serialises writers across processes; the table is
-    rewritten to a temporary file and renamed, so a reader never sees half a file. Keys
-    of `row` that are not columns are ignored; missing ones are left empty.
-    """
-    runs_csv = Path(runs_csv)
-    runs_csv.parent.mkdir(parents=True, exist_ok=True)
-    row = {key: row.get(key, "") for key in RUN_COLUMNS}
-    row["finished_at"] = row["finished_at"] or _now()
-    with exclusive_lock(runs_csv.with_name(runs_csv.name + ".lock")):
-        rows = [r for r in read_runs(runs_csv) if r.get("run_id") != row["run_id"]] + [row]
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=RUN_COLUMNS, lineterminator="\n", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_atomically(runs_csv, out.getvalue())
+def read_report(report_dir):
+    """report.json of a finished run, as written."""
+    return json.loads((Path(report_dir) / "report.json").read_text())
 
 
-def read_runs(runs_csv):
-    """The rows of runs.csv as dicts of strings ([] when it does not exist)."""
-    runs_csv = Path(runs_csv)
-    if not runs_csv.exists():
-        return []
-    with open(runs_csv, newline="") as f:
-        return list(csv.DictReader(f))
+def _json(obj):
+    return json.dumps(obj, indent=2) + "\n"
 
 
 def _epoch_row(index, row):
@@ -147,10 +94,6 @@ def _epoch_row(index, row):
         return {key: int(row[key]) if key == "iteration" else float(row[key]) for key in EPOCH_COLUMNS}
     except KeyError as error:
         raise ValueError(f"epoch row {index} lacks {error}; rows need {', '.join(EPOCH_COLUMNS)}") from None
-
-
-def _now():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _epochs_csv(epochs):
@@ -162,46 +105,41 @@ def _epochs_csv(epochs):
     return out.getvalue()
 
 
-def _markdown(metrics):
-    final, params = metrics["final"], metrics["hyperparameters"]
+def _markdown(report):
+    final, params, names = report["final"], report["hyperparameters"], report["class_names"]
     lines = [
-        f"# Run {metrics['run_id']}", "",
-        f"Dataset **{metrics['dataset']}**. Final model (iteration {final['iteration']}, epoch "
+        f"# Run {report['run_id']}", "",
+        f"Dataset **{report['dataset']}**. Final model (iteration {final['iteration']}, epoch "
         f"{final['epoch']:.2f}): train accuracy **{final['train_accuracy']:.4f}**, "
-        f"test accuracy **{final['test_accuracy']:.4f}** (test loss {final['test_loss']:.4f}).", "",
-        "## Parameters", "",
-        *[f"- {key}: {value}" for key, value in params.items()], "",
+        f"test accuracy **{final['test_accuracy']:.4f}** (test-set loss {final['test_loss']:.4f}).", "",
+        "![accuracy per epoch](accuracy.png)", "", "![loss](loss.png)", "",
+        "## Parameters", "", *[f"- {key}: {value}" for key, value in params.items()], "",
         "## Accuracy per epoch", "",
         "Accuracy and mean cross-entropy over the whole training and test sets at each checkpoint.", "",
-        "| epoch | iteration | train accuracy | test accuracy | train loss | test loss |",
+        "| epoch | iteration | train accuracy | test accuracy | train-set loss | test-set loss |",
         "| ---: | ---: | ---: | ---: | ---: | ---: |",
         *[f"| {row['epoch']:.2f} | {row['iteration']} | {row['train_accuracy']:.4f} | {row['test_accuracy']:.4f} "
-          f"| {row['train_loss']:.4f} | {row['test_loss']:.4f} |" for row in metrics["epochs"]], "",
-        "## Test accuracy per class (final model)", "",
-        "| class | accuracy |", "| --- | ---: |",
+          f"| {row['train_loss']:.4f} | {row['test_loss']:.4f} |" for row in report["epochs"]], "",
+        "## Test accuracy per class (final model)", "", "| class | accuracy |", "| --- | ---: |",
         *[f"| {name} | {'n/a' if value is None else f'{value:.4f}'} |"
-          for name, value in metrics["per_class_accuracy"].items()], "",
+          for name, value in zip(names, report["per_class_accuracy"])], "",
         "## Confusion matrix (rows: true class, columns: predicted)", "",
+        "| true \\ predicted | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names),
+        *[f"| {name} | " + " | ".join(str(c) for c in counts) + " |"
+          for name, counts in zip(names, report["confusion_matrix"])], "",
     ]
-    names = list(metrics["per_class_accuracy"])
-    lines.append("| true \\ predicted | " + " | ".join(names) + " |")
-    lines.append("| --- |" + " ---: |" * len(names))
-    for name, counts in zip(names, metrics["confusion_matrix"]):
-        lines.append(f"| {name} | " + " | ".join(str(c) for c in counts) + " |")
-    lines += ["", "Plots: `accuracy.png`, `loss.png`. Figures: `metrics.json`, `accuracy.csv`.", ""]
     return "\n".join(lines)
 
 
 def new_figure():
     """(figure, axes) of the house size; matplotlib without pyplot, so no global state."""
-    from matplotlib.figure import Figure  # only writing a plot needs matplotlib: import it late
+    from matplotlib.figure import Figure  # only a plot needs matplotlib: imported late
 
     figure = Figure(figsize=(8, 5), dpi=100)
     return figure, figure.add_subplot()
 
 
 def png_bytes(figure):
-    """The figure as PNG bytes."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -228,9 +166,9 @@ def _loss_plot(losses, epochs, run_id):
     window = max(1, min(100, losses.size // 10))
     if losses.size >= window > 1:
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        axes.plot(iterations[window - 1:], smooth, linewidth=1.5, label=f"moving average of {window}")
+        axes.plot(iterations[window - 1:], smooth, linewidth=1.5, label=f"mini-batch loss, moving average of {window}")
     axes.plot([row["iteration"] for row in epochs], [row["train_loss"] for row in epochs], "o",
-              label="whole training set")
+              label="train-set loss")
     axes.set_xlabel("iteration")
     axes.set_ylabel("cross-entropy loss")
     axes.set_title(f"Loss, {run_id}")

@@ -1,8 +1,8 @@
-"""Mini-batch SGD of chapter 4 (numpy only, no I/O).
+"""Mini-batch SGD of chapter 4 (numpy only).
 
-The caller saves checkpoints: `train` hands it the state at each checkpoint iteration
-through a callback, and resumes from a state it is given back. Given the same start
-state, the same data and the same machine, every run produces the same bits.
+train() runs the loop; FastSGD is its one fast step. The caller saves checkpoints from a
+callback and resumes from a state it is given back: same start state, same data, same
+machine, same bits.
 """
 
 import math
@@ -10,13 +10,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from pipeline.errors import ParameterError, TrainingError
-from pipeline.evaluation import BackgroundEvaluator
+from pipeline.errors import TrainingError
 from pipeline.functions import to_indices
 from pipeline.network import PARAM_NAMES
 
 SAMPLINGS = ("with-replacement", "shuffle")
 DTYPES = ("float32", "float64")
+MAX_WEIGHT = 1e6  # a weight past this means training has diverged, even if it is still finite
+LOSS_GROWTH = 2.0  # an epoch's mean loss this many times the first batch's loss: diverged
 
 
 def iterations_per_epoch(train_size, batch_size):
@@ -30,112 +31,128 @@ def checkpoint_iterations(train_size, batch_size, iterations):
     return sorted(set(range(0, iterations, per_epoch)) | {iterations})
 
 
-def validate_hyperparameters(hidden_size, batch_size, learning_rate, iterations, weight_init_std, dtype, sampling,
-                             train_size=None):
-    """Raise ParameterError naming the first invalid value and what is allowed.
+class FastSGD:
+    """SGD steps of a TwoLayerNet: what TwoLayerNet.gradient computes (equal to rounding),
+    applied as params -= learning_rate * grads.
 
-    train_size, when known, also rules out a batch larger than the training set and
-    fewer iterations than one epoch (there would be no per-epoch figures to report).
+    The parameters live packed in one flat array while training (W1, b1, W2, b2, so that
+    [W2; b2] is one (hidden + 1, output) block and b2 rides in the matrix products), and
+    every intermediate in buffers made once per batch size. params() returns copies.
     """
-    checks = [
-        (isinstance(hidden_size, int) and hidden_size >= 1, "hidden_size", hidden_size, "a whole number >= 1"),
-        (isinstance(batch_size, int) and batch_size >= 1, "batch_size", batch_size, "a whole number >= 1"),
-        (math.isfinite(learning_rate) and learning_rate > 0, "learning_rate", learning_rate, "a number > 0"),
-        (isinstance(iterations, int) and iterations >= 1, "iterations", iterations, "a whole number >= 1"),
-        (math.isfinite(weight_init_std) and weight_init_std > 0, "weight_init_std", weight_init_std, "a number > 0"),
-        (dtype in DTYPES, "dtype", dtype, " or ".join(DTYPES)),
-        (sampling in SAMPLINGS, "sampling", sampling, " or ".join(SAMPLINGS)),
-    ]
-    for ok, name, value, allowed in checks:
-        if not ok:
-            raise ParameterError(f"invalid {name}={value!r}: must be {allowed}")
-    if train_size is None:
-        return
-    if batch_size > train_size:
-        raise ParameterError(f"invalid batch_size={batch_size}: must be at most the {train_size} training images")
-    per_epoch = iterations_per_epoch(train_size, batch_size)
-    if iterations < per_epoch:
-        raise ParameterError(f"invalid iterations={iterations}: must be at least one epoch ({per_epoch} iterations "
-                             f"of batch {batch_size} over {train_size} images)")
+
+    def __init__(self, params):
+        W1 = np.asarray(params["W1"])
+        self.sizes = W1.shape + np.shape(params["b2"])
+        self.dtype = W1.dtype
+        self.theta = np.empty(_n_params(*self.sizes), dtype=self.dtype)
+        self.grad = np.empty_like(self.theta)
+        self.views, self.grads = _views(self.theta, *self.sizes), _views(self.grad, *self.sizes)
+        for key in PARAM_NAMES:
+            self.views[key][...] = params[key]
+        self._buffers = {}
+
+    def params(self):
+        """The current parameters, as new arrays keyed W1, b1, W2, b2."""
+        return {key: view.copy() for key, view in self.views.items()}
+
+    def positions(self, labels):
+        """Where each batch's true classes sit in the flattened (classes, batch) output:
+        label * batch + row. labels: (batch,) or (steps, batch) integers."""
+        labels = np.asarray(labels)
+        return labels.astype(np.intp) * labels.shape[-1] + np.arange(labels.shape[-1])
+
+    def step(self, x, positions, p, learning_rate):
+        """One update from the batch x (batch, input_size), C-contiguous in self.dtype, whose
+        true classes are at `positions`; p (batch,) receives each true class's probability
+        before the update (the loss is -mean(log(p + 1e-7)))."""
+        batch = x.shape[0]
+        if batch not in self._buffers:
+            self._buffers[batch] = self._make_buffers(batch)
+        a1, dz1, work, z1_ones, y, column = self._buffers[batch]
+        W1, b1, W2 = self.views["W1"], self.views["b1"], self.views["W2"]
+        W2b2 = _second_layer(self.theta, self.sizes)
+        z1 = z1_ones[:, :-1]
+        y_flat = y.reshape(-1)
+        with np.errstate(over="ignore"):  # exp(-a1) overflows to inf for a1 << 0: sigmoid 0, exact
+            # forward: z1 = sigmoid(x W1 + b1), y = softmax([z1 1] [W2; b2]), transposed (classes, batch)
+            np.dot(x, W1, out=a1)
+            np.add(a1, b1, out=a1)
+            np.negative(a1, out=work)
+            np.exp(work, out=work)
+            np.add(work, 1, out=work)
+            np.divide(1, work, out=z1)
+            np.dot(W2b2.T, z1_ones.T, out=y)
+            np.maximum.reduce(y, axis=0, out=column)
+            np.subtract(y, column, out=y)
+            np.exp(y, out=y)
+            np.add.reduce(y, axis=0, out=column)
+            np.divide(y, column, out=y)
+            np.take(y_flat, positions, out=p)
+            # backward, scaled by the learning rate: dy = (y - t) p / (p + 1e-7) / batch
+            y_flat[positions] -= 1
+            np.add(p, 1e-7, out=column)
+            np.divide(p, column, out=column)
+            np.multiply(column, learning_rate / batch, out=column)
+            np.multiply(y, column, out=y)
+            np.dot(z1_ones.T, y.T, out=_second_layer(self.grad, self.sizes))  # dW2 and, from the ones, db2
+            np.dot(y.T, W2.T, out=dz1)
+            np.multiply(z1, z1, out=work)  # sigmoid' = z1 - z1^2
+            np.subtract(z1, work, out=work)
+            np.multiply(dz1, work, out=dz1)
+            np.dot(x.T, dz1, out=self.grads["W1"])
+            np.add.reduce(dz1, axis=0, out=self.grads["b1"])
+            np.subtract(self.theta, self.grad, out=self.theta)
+
+    def _make_buffers(self, batch):
+        _, hidden, output = self.sizes
+        a1, dz1, work = (np.empty((batch, hidden), dtype=self.dtype) for _ in range(3))
+        z1_ones = np.ones((batch, hidden + 1), dtype=self.dtype)  # [z1 1]
+        return a1, dz1, work, z1_ones, np.empty((output, batch), dtype=self.dtype), np.empty(batch, self.dtype)
 
 
 def train(network, x_train, t_train, *, batch_size, learning_rate, iterations, sampling, rng,
           start_iteration=0, losses=None, on_checkpoint=None):
-    """Run SGD on `network` in place from start_iteration up to `iterations`.
+    """SGD on network.params from start_iteration up to `iterations`.
 
-    x_train: (n, input_size), any float dtype (converted to the network's row by row);
-    t_train: one-hot (n, classes) or integer labels (n,). rng: the numpy Generator that
-    draws the mini-batches, in the state it had at start_iteration. losses: the
-    mini-batch losses of iterations 1..start_iteration when resuming. Sampling
-    "with-replacement" draws each batch independently (the seeds' np.random.choice);
-    "shuffle" draws a permutation at each epoch start and walks through it.
-
-    The batches between two checkpoints are drawn together when the first of them
-    starts, so the generator's state at a checkpoint is all a resume needs. A second
-    thread gathers the rows of upcoming batches while the current ones train.
-
-    on_checkpoint(iteration, losses) is called at 0 (when starting fresh), at every
-    epoch boundary and at the end, after the update, with the network and rng in the
-    state that a resume from that point needs (and is the place to report progress).
-    Returns the losses, float64 (iterations,): the
-    mean cross-entropy of each mini-batch before its update.
-
-    Raises TrainingError when the loss or a parameter stops being finite.
+    x_train (n, input_size), any float dtype; t_train one-hot (n, classes) or integers (n,).
+    rng: the Generator drawing the batches, in its state at start_iteration; losses: the
+    mini-batch losses of iterations 1..start_iteration when resuming. "with-replacement"
+    draws each batch independently; "shuffle" walks a new permutation each epoch.
+    on_checkpoint(iteration, losses) is called at 0 (fresh start), each epoch boundary and
+    the end, with network.params (new arrays) and rng as a resume from there needs them.
+    Returns the (iterations,) float64 mini-batch losses, each before its update; raises
+    TrainingError when training diverges.
     """
     train_size = x_train.shape[0]
     per_epoch = iterations_per_epoch(train_size, batch_size)
     checkpoints = checkpoint_iterations(train_size, batch_size, iterations)
     labels = to_indices(t_train, network.sizes[2])
+    if sampling == "shuffle" and start_iteration % per_epoch and start_iteration < iterations:
+        raise ValueError(f"shuffle sampling resumes only at an epoch boundary, not at {start_iteration}")
 
     history = np.full(iterations, np.nan)
     if start_iteration:
         history[:start_iteration] = losses[:start_iteration]
     elif on_checkpoint is not None:
         on_checkpoint(0, history[:0])
-
-    if sampling == "shuffle" and start_iteration % per_epoch and start_iteration < iterations:
-        # the permutation of a half-walked epoch is not part of the saved state
-        raise ValueError(f"shuffle sampling resumes only at an epoch boundary, not at {start_iteration}")
-
-    with _RowGatherer(x_train, network.dtype) as gatherer:
+    sgd = FastSGD(network.params)
+    with _RowGatherer(x_train, sgd.dtype) as gatherer:
         for first, stop in zip(checkpoints, checkpoints[1:]):
             if stop <= start_iteration:
                 continue
             batches = _draw_batches(rng, sampling, train_size, batch_size, per_epoch, first, stop)
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked just below
-                history[first:stop] = _sgd_steps(network, batches, labels, learning_rate, gatherer)
-            _require_finite_losses(history, first, stop, learning_rate)
-            _require_finite(network.params, stop, learning_rate)
+            with np.errstate(invalid="ignore", divide="ignore"):  # checked just below
+                history[first:stop] = _steps(sgd, batches, labels, learning_rate, gatherer)
+            network.params = sgd.params()
+            _require_convergence(history, first, stop, per_epoch, network.params, learning_rate)
             if on_checkpoint is not None:
                 on_checkpoint(stop, history[:stop])
     return history
 
 
-def train_evaluating(network, x_train, t_train, x_test, t_test, *, on_checkpoint=None, on_row=None, **sgd):
-    """train(), with the weights of every checkpoint evaluated on a second thread while training
-    goes on (evaluation.BackgroundEvaluator). `sgd`: train()'s keyword arguments.
-
-    on_checkpoint(iteration, losses) as in train(), called before that checkpoint's weights
-    are queued; on_row(row, params_digest) on the evaluating thread for each finished row.
-    Returns (losses, rows): rows of the checkpoints passed in this call, in order. Raises
-    the first error of training or of an evaluation.
-    """
-    per_epoch = iterations_per_epoch(x_train.shape[0], sgd["batch_size"])
-    with BackgroundEvaluator(x_train, t_train, x_test, t_test, on_row=on_row) as evaluator:
-        def checkpoint(iteration, losses):
-            if on_checkpoint is not None:
-                on_checkpoint(iteration, losses)
-            evaluator.submit(iteration / per_epoch, iteration, network.params)
-
-        losses = train(network, x_train, t_train, on_checkpoint=checkpoint, **sgd)
-        return losses, [row for row, _ in evaluator.results()]
-
-
 def _draw_batches(rng, sampling, train_size, batch_size, per_epoch, first, stop):
-    """The row indices of iterations first..stop-1, one array per iteration, drawn from rng now.
-
-    first is a checkpoint, so with shuffling it starts an epoch (or resumes at one)."""
-    steps = stop - first
+    """Row indices of iterations first..stop-1, one array each, drawn from rng now (first
+    is a checkpoint, so with shuffling it starts an epoch)."""
     if sampling == "shuffle":
         batches = []
         for start in range(first, stop, per_epoch):
@@ -143,20 +160,16 @@ def _draw_batches(rng, sampling, train_size, batch_size, per_epoch, first, stop)
             walked = min(per_epoch, stop - start)
             batches += [permutation[k * batch_size:(k + 1) * batch_size] for k in range(walked)]
         return batches
-    return list(rng.integers(0, train_size, size=(steps, batch_size)))
+    return list(rng.integers(0, train_size, size=(stop - first, batch_size)))
 
 
-CHUNK_ROWS = 4096  # rows gathered at a time by the second thread: a few MB, cache-sized
-FIRST_CHUNK_STEPS = 8  # batches in the first chunk of a checkpoint segment, gathered by the steps' own thread
+CHUNK_ROWS = 4096  # rows gathered at a time: a few MB, cache-sized
+FIRST_CHUNK_STEPS = 8  # batches of a segment's first chunk, gathered by the training thread itself
 
 
-def _sgd_steps(network, batches, labels, learning_rate, gatherer):
-    """One SGD step per batch of row indices; returns the mini-batch losses (float64) before each update.
-
-    The gatherer copies out the rows of each chunk of batches on its thread, one chunk
-    ahead of the steps. The probability of each true class is kept and the losses
-    computed once per chunk: -mean(log(p + 1e-7)) per batch, as cross_entropy_error would."""
-    theta = network.theta
+def _steps(sgd, batches, labels, learning_rate, gatherer):
+    """One SGD step per batch of row indices; the mini-batch losses (float64) before each update.
+    The gatherer copies out each next chunk's rows on its thread while this one trains."""
     losses = np.empty(len(batches))
     chunks = _chunks(batches)
     pending = gatherer.submit(chunks[0][1], here=True) if chunks else None
@@ -165,26 +178,19 @@ def _sgd_steps(network, batches, labels, learning_rate, gatherer):
         if n + 1 < len(chunks):
             pending = gatherer.submit(chunks[n + 1][1])
         steps, size = indices.shape
-        backprop = network.backprop(size)
-        step, grad = backprop.run, backprop.flat_grad
-        targets = backprop.targets(labels[indices])
-        p = np.empty(indices.shape, dtype=network.dtype)
+        positions = sgd.positions(labels[indices])
+        p = np.empty(indices.shape, dtype=sgd.dtype)
         for j in range(steps):
-            step(rows[j * size:(j + 1) * size], targets[j], p[j], learning_rate)
-            np.subtract(theta, grad, out=theta)
+            sgd.step(rows[j * size:(j + 1) * size], positions[j], p[j], learning_rate)
         np.log(p + 1e-7, out=p)
         losses[first:first + steps] = -p.sum(axis=1, dtype=np.float64) / size
     return losses
 
 
 def _chunks(batches):
-    """[(index of the first batch, (steps, size) row indices)]: runs of consecutive batches of
-    one size, each at most CHUNK_ROWS rows (or a single batch).
-
-    A segment's first chunk is FIRST_CHUNK_STEPS batches, which the steps' own thread
-    gathers (they would wait for it anyway, and the other thread may take milliseconds to
-    be scheduled while the evaluation keeps the second core busy); each next chunk is at
-    most twice the one before, so it is gathered well within the steps of that one."""
+    """[(index of the first batch, (steps, size) row indices)]: runs of batches of one size,
+    at most CHUNK_ROWS rows, the first FIRST_CHUNK_STEPS batches and each next at most twice
+    the one before (so it is gathered well within the steps of that one)."""
     chunks, first, limit = [], 0, FIRST_CHUNK_STEPS
     while first < len(batches):
         size, stop = batches[first].size, first + 1
@@ -198,11 +204,8 @@ def _chunks(batches):
 
 
 class _RowGatherer:
-    """A second thread that copies the rows of the next chunk of batches out of x_train.
-
-    Gathering 100 random rows is bound by memory latency, as long as a matrix product
-    of the step itself; on another core it overlaps with the steps. Two buffers
-    alternate: a chunk's rows stay untouched until the chunk after next is gathered."""
+    """A second thread copying the rows of the next chunk of batches out of x_train, in the
+    training dtype, into one of two alternating buffers."""
 
     def __init__(self, x_train, dtype):
         self.x_train = x_train
@@ -211,10 +214,7 @@ class _RowGatherer:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gather-rows")
 
     def submit(self, indices, here=False):
-        """A future of the rows of x_train at `indices` (any shape, read in order), in the training dtype.
-
-        here=True gathers them on the calling thread, done when this returns: for a chunk
-        the caller would wait for anyway, it saves waking the other thread."""
+        """A future of x_train's rows at indices (read in order); here=True gathers them now."""
         indices = indices.reshape(-1)
         buffer = self.buffers[self.turn]
         if buffer.shape[0] < indices.size:
@@ -228,7 +228,7 @@ class _RowGatherer:
 
     def _gather(self, indices, out):
         if self.x_train.dtype == out.dtype:
-            np.take(self.x_train, indices, axis=0, out=out, mode="clip")  # valid indices: clip skips a buffered copy
+            np.take(self.x_train, indices, axis=0, out=out, mode="clip")  # indices are valid: clip skips a copy
         else:
             np.copyto(out, self.x_train[indices])
         return out
@@ -240,20 +240,41 @@ class _RowGatherer:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _require_finite_losses(history, first, stop, learning_rate):
+def _require_convergence(history, first, stop, per_epoch, params, learning_rate):
+    """TrainingError when a loss is not finite, a weight is past MAX_WEIGHT, or the last epoch's
+    mean loss is LOSS_GROWTH times the first batch's."""
+    hint = f"training diverged; try a smaller learning_rate than {learning_rate}"
     bad = np.flatnonzero(~np.isfinite(history[first:stop]))
     if bad.size:
         i = first + int(bad[0])
-        raise TrainingError(
-            f"the loss became {history[i]} at iteration {i + 1}: training diverged; "
-            f"try a smaller learning_rate than {learning_rate}"
-        )
-
-
-def _require_finite(params, iteration, learning_rate):
+        raise TrainingError(f"the loss became {history[i]} at iteration {i + 1}: {hint}")
     for key in PARAM_NAMES:
-        if not np.all(np.isfinite(params[key])):
-            raise TrainingError(
-                f"{key} holds NaN or infinite values at iteration {iteration}: training diverged; "
-                f"try a smaller learning_rate than {learning_rate}"
-            )
+        largest = float(np.max(np.abs(params[key]))) if params[key].size else 0.0
+        if not largest <= MAX_WEIGHT:  # also catches NaN
+            raise TrainingError(f"{key} reached {largest:.3g} (beyond {MAX_WEIGHT:g}) at iteration {stop}: {hint}")
+    recent = float(np.mean(history[max(stop - per_epoch, 0):stop]))
+    if stop >= per_epoch and recent > LOSS_GROWTH * history[0]:
+        raise TrainingError(f"the mean loss of the epoch ending at iteration {stop} is {recent:.4g}, "
+                            f"{recent / history[0]:.3g} times the first batch's {history[0]:.4g}: {hint}")
+
+
+def _n_params(input_size, hidden_size, output_size):
+    return (input_size + 1) * hidden_size + (hidden_size + 1) * output_size
+
+
+def _second_layer(flat, sizes):
+    """[W2; b2] of a flat array laid out W1, b1, W2, b2: one (hidden + 1, output) matrix."""
+    _, hidden_size, output_size = sizes
+    return flat[-(hidden_size + 1) * output_size:].reshape(hidden_size + 1, output_size)
+
+
+def _views(flat, input_size, hidden_size, output_size):
+    """W1, b1, W2, b2 as views of a flat array laid out in that order."""
+    shapes = {"W1": (input_size, hidden_size), "b1": (hidden_size,),
+              "W2": (hidden_size, output_size), "b2": (output_size,)}
+    views, start = {}, 0
+    for key in PARAM_NAMES:
+        size = math.prod(shapes[key])
+        views[key] = flat[start:start + size].reshape(shapes[key])
+        start += size
+    return views

@@ -6,7 +6,6 @@ import pytest
 
 from fakedata import make_idx_dataset
 from mirror import Mirror
-from pipeline.network import KERNELS
 
 # Forget any luigi.cfg that luigi found (the repo's, a user's /etc/luigi): in-process tests
 # pass every parameter they depend on, and subprocess tests run in a directory of their own.
@@ -44,11 +43,3 @@ def mirrors():
     yield start
     for mirror in started:
         mirror.close()
-
-
-@pytest.fixture(params=KERNELS)
-def kernel(request, monkeypatch):
-    """Each Backprop implementation this install has ("c" where the extension was built, "numpy"),
-    chosen as a user would, through $MNIST_PIPELINE_KERNEL."""
-    monkeypatch.setenv("MNIST_PIPELINE_KERNEL", request.param)
-    return request.param

@@ -1,4 +1,5 @@
-"""Generated IDX datasets for tests: small, learnable, with their hashes."""
+"""The tests' one generator of synthetic data: small, learnable MNIST-shaped sets, as arrays
+or as the four IDX files with their hashes."""
 
 import gzip
 import hashlib
@@ -13,8 +14,8 @@ FILES = {"train_images": "train-images-idx3-ubyte.gz", "train_labels": "train-la
 
 
 def learnable_arrays(n_train=600, n_test=200, seed=0):
-    """Ten random 28x28 prototypes, one per class, plus noise: uint8 images and labels that
-    a small network learns to well above 90 % in a hundred SGD steps."""
+    """Ten random 28x28 prototypes, one per class, plus noise: uint8 images and labels that a
+    small network learns to well above 90 % in a few hundred SGD steps."""
     prototypes = np.random.default_rng(1234).random((10, 28, 28))
     rng = np.random.default_rng(seed)
 
@@ -26,6 +27,12 @@ def learnable_arrays(n_train=600, n_test=200, seed=0):
     (train_images, train_labels), (test_images, test_labels) = part(n_train), part(n_test)
     return {"train_images": train_images, "train_labels": train_labels,
             "test_images": test_images, "test_labels": test_labels}
+
+
+def learnable(n, seed=0, dtype=np.float32):
+    """(x (n, 784) in [0, 1], integer labels (n,)) of the same problem, as the network reads it."""
+    arrays = learnable_arrays(n, 0, seed)
+    return (arrays["train_images"].reshape(n, -1) / 255).astype(dtype), arrays["train_labels"].astype(np.intp)
 
 
 def file_hashes(data):

@@ -1,0 +1,68 @@
+"""Backpropagation checked against central differences on sampled entries (numpy only)."""
+
+import numpy as np
+
+from pipeline.functions import H
+from pipeline.network import PARAM_NAMES, TwoLayerNet
+
+
+def relative_error(a, b):
+    """||a - b|| / (||a|| + ||b||): 0 when equal, 1 when opposite; 0 when both are 0."""
+    denominator = np.linalg.norm(a) + np.linalg.norm(b)
+    return float(np.linalg.norm(a - b) / denominator) if denominator > 0 else 0.0
+
+
+def check_gradient(network, x, t, entries_per_param, rng):
+    """Compare network.gradient(x, t) with central differences (h = 1e-4) at entries_per_param
+    entries of each parameter (all of a smaller one), chosen by rng. Use a float64 network.
+
+    Returns {name: {"entries_checked", "entries_total", "max_abs_diff", "relative_error"}};
+    the parameters are left exactly as they were."""
+    backprop = network.gradient(x, t)
+    results = {}
+    for key in PARAM_NAMES:
+        flat = network.params[key].reshape(-1)  # a view: perturbing it perturbs the network
+        chosen = np.sort(rng.choice(flat.size, size=min(entries_per_param, flat.size), replace=False))
+        numerical = np.empty(chosen.size)
+        for j, index in enumerate(chosen):
+            original = flat[index]
+            flat[index] = original + H
+            loss_plus = network.loss(x, t)
+            flat[index] = original - H
+            loss_minus = network.loss(x, t)
+            flat[index] = original
+            numerical[j] = (loss_plus - loss_minus) / (2 * H)
+        analytic = backprop[key].reshape(-1)[chosen]
+        results[key] = {
+            "entries_checked": int(chosen.size),
+            "entries_total": int(flat.size),
+            "max_abs_diff": float(np.max(np.abs(analytic - numerical))),
+            "relative_error": relative_error(analytic, numerical),
+        }
+    return results
+
+
+def gradient_check_report(x_train, labels, *, n_classes, hidden_size, weight_init_std, seed, batch_size=10,
+                          entries_per_param=100, tolerance=1e-6):
+    """Check backprop for a run before it trains: its sizes and its seed's initial weights, in
+    float64, on batch_size training rows drawn by a generator derived from the seed.
+    x_train (n, input_size), labels (n,) integers. Returns a JSON-ready dict; "passed" says
+    whether every parameter's relative error is at most tolerance."""
+    network = TwoLayerNet(x_train.shape[1], hidden_size, n_classes, weight_init_std=weight_init_std,
+                          rng=np.random.default_rng(seed), dtype=np.float64)
+    rng = np.random.default_rng([seed, 1])  # its own stream: the check must not shift training's draws
+    rows = np.sort(rng.choice(x_train.shape[0], size=min(batch_size, x_train.shape[0]), replace=False))
+    x = np.asarray(x_train[rows], dtype=np.float64)
+    results = check_gradient(network, x, labels[rows], entries_per_param, rng)
+    worst = max(r["relative_error"] for r in results.values())
+    return {
+        "passed": bool(worst <= tolerance),
+        "tolerance": tolerance,
+        "worst_relative_error": worst,
+        "method": "central difference, h = 1e-4, float64; relative error = |a - b| / (|a| + |b|) (L2 norms)",
+        "batch_size": int(x.shape[0]),
+        "batch_rows": rows.tolist(),
+        "hidden_size": hidden_size,
+        "seed": seed,
+        "parameters": results,
+    }

@@ -1,0 +1,49 @@
+"""The pipeline's logger: a child of luigi's, so its lines go wherever luigi sends its own, once.
+
+Luigi configures "luigi-interface" (from [core] log_level or a logging_conf_file); the
+pipeline logs to "luigi-interface.pipeline" and adds no handler of its own. A user's error
+is logged as its one-line message instead of a traceback.
+"""
+
+import errno
+import logging
+import os
+
+from pipeline.errors import PipelineError
+
+logger = logging.getLogger("luigi-interface.pipeline")
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def user_message(error):
+    """The one-line message of an error a user can act on (one the pipeline raises on purpose,
+    or the system's "disk full" / "not allowed" when writing), or None for a bug."""
+    cause = error
+    while cause is not None and not isinstance(cause, PipelineError):
+        cause = cause.__cause__ or cause.__context__  # luigi re-raises a parameter's error from its own
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}"
+    if isinstance(error, OSError) and error.errno in USER_ERRNOS:
+        where = f" {error.filename}" if error.filename else ""
+        return (f"cannot write{where}: {os.strerror(error.errno)}; free some space or fix the permissions "
+                f"and rerun (files already written are intact)")
+    return None
+
+
+class ConciseErrors(logging.Filter):
+    """Replaces the traceback of a record about a user's error with its one-line message."""
+
+    def filter(self, record):
+        message = user_message(record.exc_info[1]) if record.exc_info else None
+        if message:
+            record.msg = f"{record.getMessage()}: {message}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def install():
+    """Attach the filter to luigi's logger (once)."""
+    luigi_logger = logging.getLogger("luigi-interface")
+    if not any(isinstance(f, ConciseErrors) for f in luigi_logger.filters):
+        luigi_logger.addFilter(ConciseErrors())
