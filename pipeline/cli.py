@@ -31,9 +31,8 @@ EXIT_WOULD_RUN = 3  # `status`: some task is not complete
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.handler(args)
     except (PipelineError, ValueError, configparser.Error) as error:
         message = user_message(error) if not isinstance(error, configparser.Error) else (
@@ -83,13 +82,11 @@ def build_parser():
 
 
 def _task_flags(parser):
-    """One flag per parameter of EvaluateNetwork (lists and dicts aside), its default shown as
+    """One flag per parameter of EvaluateNetwork (JSON for lists and dicts), its default shown as
     luigi.cfg or the code sets it."""
     from pipeline import tasks  # luigi is imported only where the chain is run
 
     for name, param in tasks.EvaluateNetwork.get_params():
-        if isinstance(param, (tasks.luigi.ListParameter, tasks.luigi.DictParameter)):
-            continue
         try:
             default = param.task_value("EvaluateNetwork", name)
         except Exception:  # a bad luigi.cfg value: reported when the task is built
@@ -97,14 +94,16 @@ def _task_flags(parser):
         default = default.isoformat() if hasattr(default, "isoformat") else default
         parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
                             help=f"{param.description or ''} (default: {default})")
-    parser.set_defaults(task_params=[name for name, _ in tasks.EvaluateNetwork.get_params()])
+    parser.set_defaults(task_class="EvaluateNetwork")
 
 
 def _target(args):
     from pipeline import tasks
 
-    given = {name: getattr(args, name) for name in args.task_params if getattr(args, name, None) is not None}
-    return tasks.EvaluateNetwork(**given)  # ParameterError for a bad value, before any work
+    task_class = getattr(tasks, args.task_class)
+    given = {name: param.parse(getattr(args, name)) for name, param in task_class.get_params()
+             if getattr(args, name, None) is not None}
+    return task_class(**given)  # ParameterError for a bad value, before any work
 
 
 # --- run ---

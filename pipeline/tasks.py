@@ -47,7 +47,20 @@ def _from(section, name):
 
 # --- parameters: each value is checked once, wherever it comes from (flag, luigi.cfg, Python) ---
 
-class WholeNumber(luigi.IntParameter):
+class _Checked:
+    """A parameter that knows its name, for one-line errors that say which value is wrong."""
+
+    name = "value"
+
+    def __set_name__(self, owner, name):
+        self.name = name
+        super().__set_name__(owner, name)
+
+    def invalid(self, x, allowed):
+        return ParameterError(f"invalid {self.name}={x}: must be {allowed} (check the command line and luigi.cfg)")
+
+
+class WholeNumber(_Checked, luigi.IntParameter):
     """A whole number >= minimum; anything else (also 50.7 or true) is a one-line ParameterError."""
 
     def __init__(self, *args, minimum=1, **kwargs):
@@ -60,12 +73,11 @@ class WholeNumber(luigi.IntParameter):
     def normalize(self, x):
         value = _whole_number(x)
         if value is None or value < self.minimum:
-            raise ParameterError(f"{x!r} is not a whole number >= {self.minimum}: check the command line "
-                                 f"and luigi.cfg")
+            raise self.invalid(x, f"a whole number >= {self.minimum}")
         return value
 
 
-class Number(luigi.FloatParameter):
+class Number(_Checked, luigi.FloatParameter):
     """A finite number > 0; anything else is a one-line ParameterError."""
 
     def parse(self, x):
@@ -74,11 +86,11 @@ class Number(luigi.FloatParameter):
     def normalize(self, x):
         value = _number(x)
         if value is None or value <= 0:
-            raise ParameterError(f"{x!r} is not a number > 0: check the command line and luigi.cfg")
+            raise self.invalid(x, "a number > 0")
         return value
 
 
-class Choice(luigi.Parameter):
+class Choice(_Checked, luigi.Parameter):
     """One of a few words."""
 
     def __init__(self, *args, choices, **kwargs):
@@ -87,17 +99,22 @@ class Choice(luigi.Parameter):
 
     def normalize(self, x):
         if x not in self.choices:
-            raise ParameterError(f"{x!r} is not one of {', '.join(self.choices)}")
+            raise self.invalid(x, " or ".join(self.choices))
         return x
 
 
 class DatasetName(luigi.Parameter):
+    """A dataset name, which becomes a directory under data/ and artifacts/."""
+
     def normalize(self, x):
         validate_dataset_name(x)
+        if "." in x:  # runs.csv, index.html: names of files beside the dataset directories
+            raise ParameterError(f"invalid dataset={x!r}: use mnist, fashion-mnist, or a custom name of lowercase "
+                                 f"letters, digits, '_' and '-'")
         return x
 
 
-class RunDate(OptionalParameterMixin, luigi.DateParameter):
+class RunDate(_Checked, OptionalParameterMixin, luigi.DateParameter):
     """An optional date (YYYY-MM-DD), as luigi's range tools pass it."""
 
     expected_type = datetime.date
@@ -107,18 +124,18 @@ class RunDate(OptionalParameterMixin, luigi.DateParameter):
             try:
                 return datetime.date.fromisoformat(x)
             except ValueError:
-                raise ParameterError(f"{x!r} is not a date like 2026-11-22 (YYYY-MM-DD)") from None
+                raise self.invalid(x, "a date like 2026-11-22 (YYYY-MM-DD)") from None
         return super().parse(x)
 
     def normalize(self, x):
         if isinstance(x, str):
             x = self.parse(x)
         if x is not None and not isinstance(x, datetime.date):
-            raise ParameterError(f"{x!r} is not a date like 2026-11-22 (YYYY-MM-DD)")
+            raise self.invalid(x, "a date like 2026-11-22 (YYYY-MM-DD)")
         return super().normalize(x)
 
 
-class NumberList(luigi.OptionalListParameter):
+class NumberList(_Checked, luigi.OptionalListParameter):
     """An optional list of numbers > 0 (whole ones when `whole`, >= minimum)."""
 
     def __init__(self, *args, whole=False, minimum=1, **kwargs):
@@ -132,7 +149,7 @@ class NumberList(luigi.OptionalListParameter):
         kind = f"whole numbers >= {self.minimum}" if self.whole else "numbers > 0"
         values = [(_whole_number(v) if self.whole else _number(v)) for v in items or []]
         if not items or any(v is None or (v < self.minimum if self.whole else v <= 0) for v in values):
-            raise ParameterError(f"{x!r} is not a non-empty list of {kind}, like [50, 100]")
+            raise self.invalid(list(x) if isinstance(x, tuple) else x, f"a non-empty list of {kind}, like [50, 100]")
         return tuple(values)
 
 
@@ -202,10 +219,10 @@ class PipelineTask(luigi.Task):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.timeout is not None:
-            sources.timeout.normalize(self.timeout)
-        if self.retries is not None:
-            sources.retries.normalize(self.retries)
+        sources()  # [sources] in luigi.cfg is checked now, before anything runs
+        for name in ("timeout", "retries"):  # checked like [sources]' own values
+            if getattr(self, name) is not None:
+                getattr(sources, name).normalize(getattr(self, name))
 
     def complete(self):
         return self.stale_reason() is None
@@ -284,8 +301,11 @@ class DownloadDataset(PipelineTask):
         try:
             entries = json.loads(manifest_path.read_text())["files"]
             for entry in entries.values():
-                if lineage.file_digest(manifest_path.parent / entry["stored_as"]) != entry["sha256"]:
-                    return f"changed or damaged: {manifest_path.parent / entry['stored_as']}"
+                path = manifest_path.parent / entry["stored_as"]
+                if not path.is_file():
+                    return f"missing: {path}"
+                if lineage.file_digest(path) != entry["sha256"]:
+                    return f"changed or damaged: {path}"
         except (OSError, ValueError, KeyError, TypeError) as error:
             return f"damaged: {manifest_path} ({error})"
         if self.source_dir and known_train_size(self.dataset) is None:
@@ -607,9 +627,16 @@ class EvaluateNetwork(RunTask):
         reason = super().stale_reason()
         if reason is None:
             row = next((r for r in runs.read_runs(self.runs_csv()) if r.get("run_id") == self.run_id), None)
-            if row is None or row.get("report_sha256") != lineage.file_digest(self.output().path):
-                reason = f"{self.runs_csv()} lacks the run's row"
+            expected = {key: str(value) for key, value in self.runs_row().items()}
+            if row is None or any(row.get(key) != value for key, value in expected.items()):
+                reason = f"{self.runs_csv()} lacks the run's row or disagrees with its report"
         return reason
+
+    def runs_row(self):
+        """The run's row in runs.csv, from its report (finished_at aside)."""
+        final = report.read_report(self.run_dir / "report")["final"]
+        return {"run_id": self.run_id, **self.hyperparameters(), "train_accuracy": final["train_accuracy"],
+                "test_accuracy": final["test_accuracy"], "report_sha256": lineage.file_digest(self.output().path)}
 
     def leftovers(self):
         return super().leftovers() + temporaries_of(self.run_dir / "report" / "*")
@@ -644,11 +671,7 @@ class EvaluateNetwork(RunTask):
         return files
 
     def published(self):
-        final = report.read_report(self.run_dir / "report")["final"]
-        hyperparameters = self.hyperparameters()
-        runs.add_run(self.runs_csv(), {
-            "run_id": self.run_id, **hyperparameters, "train_accuracy": final["train_accuracy"],
-            "test_accuracy": final["test_accuracy"], "report_sha256": lineage.file_digest(self.output().path)})
+        runs.add_run(self.runs_csv(), self.runs_row())
 
 
 class Sweep(RunTask):

@@ -19,7 +19,8 @@ def save(path, dtype=np.float32, iteration=600, rng=None, params=None):
     losses = np.linspace(2.3, 0.5, iteration)
     checkpoint.save_checkpoint(path, params=params, iteration=iteration, epoch=iteration / 600, losses=losses,
                                rng_state=rng.bit_generator.state, hyperparameters={"hidden_size": 20, "seed": 3},
-                               dataset="synthetic", data_checksums={"a.gz": "00ff"}, run_id="h20-test")
+                               dataset="synthetic", data_checksums={"a.gz": "00ff"}, run_id="h20-test",
+                               inputs={"images.h5": "ab12"}, per_epoch=600)
     return params, losses, rng
 
 
@@ -34,7 +35,8 @@ def test_roundtrip_is_bit_exact_and_keeps_the_dtype(tmp_path, dtype):
         assert loaded.params[key].tobytes() == params[key].tobytes()
     assert loaded.losses.tobytes() == losses.tobytes()
     assert (loaded.iteration, loaded.epoch, loaded.run_id, loaded.dataset) == (600, 1.0, "h20-test", "synthetic")
-    assert loaded.loss == losses[-1] and loaded.hyperparameters == {"hidden_size": 20, "seed": 3}
+    assert loaded.attrs["minibatch_loss"] == losses[-1] and loaded.attrs["epoch_mean_loss"] == np.mean(losses)
+    assert loaded.inputs == {"images.h5": "ab12"} and loaded.hyperparameters == {"hidden_size": 20, "seed": 3}
     assert loaded.format_version == checkpoint.FORMAT_VERSION and loaded.created_at.endswith("+00:00")
 
 
@@ -79,8 +81,8 @@ def test_plain_h5py_reads_the_layout(tmp_path):
         assert int(f.attrs["iteration"]) == 600
         assert json.loads(f.attrs["hyperparameters"])["hidden_size"] == 20
         assert json.loads(f.attrs["data_checksums"]) == {"a.gz": "00ff"}
-        for name in ("rng_state", "format_version", "created_at", "package_version", "dataset", "epoch", "loss",
-                     "backprop"):
+        for name in ("rng_state", "format_version", "created_at", "package_version", "dataset", "epoch",
+                     "minibatch_loss", "epoch_mean_loss", "inputs"):
             assert name in f.attrs
 
 
@@ -89,10 +91,11 @@ def test_numpy_scalars_in_hyperparameters_are_stored_as_plain_json(tmp_path):
     checkpoint.save_checkpoint(tmp_path / "c.h5", params=TwoLayerNet(784, 5, 10, rng=rng).params, iteration=0,
                                epoch=0.0, losses=[], rng_state=rng.bit_generator.state,
                                hyperparameters={"learning_rate": np.float32(0.5), "seed": np.int64(3)},
-                               dataset="synthetic", data_checksums={}, run_id="r")
+                               dataset="synthetic", data_checksums={}, run_id="r", inputs={})
     loaded = checkpoint.load_checkpoint(tmp_path / "c.h5")
     assert loaded.hyperparameters == {"learning_rate": 0.5, "seed": 3}
-    assert loaded.iteration == 0 and np.isnan(loaded.loss) and loaded.losses.shape == (0,)
+    assert loaded.iteration == 0 and loaded.losses.shape == (0,)
+    assert "minibatch_loss" not in loaded.attrs  # no loss before the first step, rather than nan
 
 
 def test_a_loss_history_of_the_wrong_length_is_refused(tmp_path):
@@ -100,7 +103,7 @@ def test_a_loss_history_of_the_wrong_length_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="refusing to save .*c\\.h5: 599 losses for iteration 600"):
         checkpoint.save_checkpoint(tmp_path / "c.h5", params=TwoLayerNet(784, 5, 10, rng=rng).params, iteration=600,
                                    epoch=1.0, losses=np.ones(599), rng_state=rng.bit_generator.state,
-                                   hyperparameters={}, dataset="synthetic", data_checksums={}, run_id="r")
+                                   hyperparameters={}, dataset="synthetic", data_checksums={}, run_id="r", inputs={})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -151,7 +154,7 @@ def test_damaged_files_are_named_with_the_fix(tmp_path, damage, message):
     path = tmp_path / "iter-00000600.h5"
     save(path)
     damage(path)
-    with pytest.raises(CheckpointError, match=rf"iter-00000600\.h5 is {message}.*delete it and rerun"):
+    with pytest.raises(CheckpointError, match=rf"iter-00000600\.h5 is {message}.*rerun the training command"):
         checkpoint.load_checkpoint(path)
 
 
@@ -161,7 +164,7 @@ def test_a_file_truncated_anywhere_is_a_checkpoint_error(tmp_path, fraction):
     save(path)
     data = path.read_bytes()
     path.write_bytes(data[:int(len(data) * fraction)])
-    with pytest.raises(CheckpointError, match=r"c\.h5 .*delete it and rerun"):
+    with pytest.raises(CheckpointError, match=r"c\.h5 .*rerun the training command"):
         checkpoint.load_checkpoint(path)
 
 
@@ -188,7 +191,7 @@ def test_a_file_missing_or_mismatching_part_of_the_layout_is_named(tmp_path, dam
     save(path)
     with h5py.File(path, "a") as f:
         damage(f)
-    with pytest.raises(CheckpointError, match=rf"c\.h5 {message}.*delete it and rerun"):
+    with pytest.raises(CheckpointError, match=rf"c\.h5 {message}.*rerun the training command"):
         checkpoint.load_checkpoint(path)
 
 
@@ -202,7 +205,7 @@ def test_a_newer_format_version_says_to_upgrade(tmp_path):
     save(path)
     with h5py.File(path, "a") as f:
         f.attrs["format_version"] = checkpoint.FORMAT_VERSION + 1
-    with pytest.raises(CheckpointError, match=r"c\.h5 has format version 2, newer than .* upgrade mnist-pipeline"):
+    with pytest.raises(CheckpointError, match=r"c\.h5 has format version 3, newer than .* upgrade mnist-pipeline"):
         checkpoint.load_checkpoint(path)
 
 
@@ -215,20 +218,20 @@ def test_checkpoints_are_listed_in_numeric_order_past_eight_digits(tmp_path):
         "iter-00000600.h5", "iter-99999999.h5", "iter-100000000.h5"]
 
 
-def test_latest_skips_a_damaged_newest_checkpoint_with_a_warning(tmp_path, caplog):
-    for iteration in (0, 600, 1200):
+def test_a_resume_builds_on_the_unbroken_run_of_good_checkpoints_only(tmp_path, caplog):
+    for iteration in (0, 600, 1200, 1800):
         save(checkpoint.checkpoint_path(tmp_path, iteration), iteration=iteration)
-    (tmp_path / ".iter-00001800.h5.x.tmp").write_bytes(b"half")  # a temporary is never a checkpoint
-    newest = checkpoint.checkpoint_path(tmp_path, 1200)
-    newest.write_bytes(newest.read_bytes()[:300])
-    with caplog.at_level(logging.WARNING, logger="pipeline"):
-        latest = checkpoint.latest_checkpoint(tmp_path)
-    assert latest.iteration == 600
-    assert "iter-00001200.h5" in caplog.text and "skipping damaged checkpoint" in caplog.text
-    assert newest.exists()  # skipped, not deleted
-    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
-        "iter-00000000.h5", "iter-00000600.h5", "iter-00001200.h5"]
-    assert checkpoint.latest_checkpoint(tmp_path / "nothing-here") is None
+    (tmp_path / ".iter-00002400.h5.x.tmp").write_bytes(b"half")  # a temporary is never a checkpoint
+    damaged = checkpoint.checkpoint_path(tmp_path, 1200)
+    damaged.write_bytes(damaged.read_bytes()[:300])
+    with caplog.at_level(logging.WARNING, logger="luigi-interface.pipeline"):
+        kept = checkpoint.valid_prefix(tmp_path, [0, 600, 1200, 1800, 2400], "h20-test", {"images.h5": "ab12"})
+    assert [c.iteration for c in kept] == [0, 600]  # 1800 is good, but 1200 before it is not
+    assert "iter-00001200.h5" in caplog.text and "not resuming from" in caplog.text
+    assert damaged.exists()  # passed over, not deleted
+    assert checkpoint.valid_prefix(tmp_path, [0, 600], "another-run", {"images.h5": "ab12"}) == []
+    assert checkpoint.valid_prefix(tmp_path, [0, 600], "h20-test", {"images.h5": "other data"}) == []
+    assert checkpoint.valid_prefix(tmp_path / "nothing-here", [0], "h20-test", {}) == []
 
 
 def test_describe_lists_datasets_and_attributes_and_rejects_non_hdf5(tmp_path):

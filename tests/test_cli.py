@@ -1,15 +1,14 @@
 """mnist-pipeline run / inspect / predict, as a person at a shell uses them."""
 
 import json
-import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 
 from fakedata import FILES, make_idx_dataset
 from pipeline.cli import main
+from runner import run, workspace
 
 pytestmark = pytest.mark.slow
 
@@ -17,17 +16,12 @@ SMALL = ["--hidden-size", "24", "--batch-size", "50", "--learning-rate", "0.5", 
          "--sampling", "shuffle"]
 
 
-def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, synthetic_source):
     """A workspace with one finished run, made by `mnist-pipeline run` itself."""
-    workdir = tmp_path_factory.mktemp("cli")
-    done = cli("run", "--dataset", "synthetic", "--source-dir", str(synthetic_source), "--data-dir", "data",
-               "--artifacts-dir", "artifacts", *SMALL, cwd=workdir)
+    workdir = workspace(tmp_path_factory.mktemp("cli"))
+    done = run(["run", "--dataset", "synthetic", "--source-dir", str(synthetic_source), "--data-dir", "data",
+               "--artifacts-dir", "artifacts", *SMALL], workdir, tool="cli")
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = (workdir / "artifacts" / "synthetic").glob("h24-*")
     return workdir, run_dir, done
@@ -44,17 +38,18 @@ def test_run_prints_where_the_report_is_and_the_final_accuracies(finished):
 def test_a_second_run_does_nothing_and_succeeds(finished, synthetic_source):
     workdir, run_dir, _ = finished
     stamp = (run_dir / "report" / "metrics.json").stat().st_mtime_ns
-    again = cli("run", "--dataset", "synthetic", "--source-dir", str(synthetic_source), "--data-dir", "data",
-                "--artifacts-dir", "artifacts", *SMALL, cwd=workdir)
+    again = run(["run", "--dataset", "synthetic", "--source-dir", str(synthetic_source), "--data-dir", "data",
+                "--artifacts-dir", "artifacts", *SMALL], workdir, tool="cli")
     assert again.returncode == 0
     assert "training from iteration 0" not in again.stderr
     assert (run_dir / "report" / "metrics.json").stat().st_mtime_ns == stamp
 
 
-def test_a_failing_run_exits_non_zero_with_a_one_line_reason(tmp_path):
+def test_a_failing_run_exits_with_the_shipped_task_failed_code_and_a_one_line_reason(tmp_path):
+    workspace(tmp_path)
     (tmp_path / "empty").mkdir()
-    done = cli("run", "--dataset", "synthetic", "--source-dir", str(tmp_path / "empty"), *SMALL, cwd=tmp_path)
-    assert done.returncode != 0
+    done = run(["run", "--dataset", "synthetic", "--source-dir", str(tmp_path / "empty"), *SMALL], tmp_path, tool="cli")
+    assert done.returncode == 30
     assert "mnist-pipeline: error: DownloadDataset failed: DownloadError: could not get a verified train-images-idx3-ubyte.gz" \
         in done.stderr
     assert "Traceback" not in done.stderr
@@ -62,24 +57,19 @@ def test_a_failing_run_exits_non_zero_with_a_one_line_reason(tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--hidden-size", "0"], "invalid hidden_size=0"),
-    (["--learning-rate", "-1"], "invalid learning_rate=-1.0"),
+    (["--learning-rate", "-1"], "invalid learning_rate=-1"),
     (["--dataset", "../etc"], "invalid dataset='../etc'"),
-    (["--date", "yesterday"], "invalid date='yesterday'"),
+    (["--date", "yesterday"], "invalid date=yesterday"),
+    (["--seed", "-1"], "invalid seed=-1"),
+    (["--timeout", "0"], "invalid timeout=0"),
 ])
 def test_bad_parameters_are_one_line_errors_before_anything_is_written(tmp_path, flags, message):
-    done = cli("run", *flags, cwd=tmp_path)
+    workspace(tmp_path)
+    done = run(["run", *flags], tmp_path, tool="cli")
     assert done.returncode == 2
     assert done.stderr.strip() == f"mnist-pipeline: error: {done.stderr.strip().split('error: ', 1)[1]}"
     assert message in done.stderr and "Traceback" not in done.stderr
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_a_bad_kernel_variable_is_a_one_line_error_before_anything_is_written(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "pipeline", "run"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "MNIST_PIPELINE_KERNEL": "fortran"})
-    assert done.returncode == 2
-    assert done.stderr.strip() == "mnist-pipeline: error: invalid MNIST_PIPELINE_KERNEL='fortran': must be c or numpy"
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["luigi.cfg"]
 
 
 def test_inspect_lists_all_runs(finished, capsys):
@@ -108,13 +98,13 @@ def test_inspect_errors_are_clear(tmp_path, finished, capsys):
     _, run_dir, _ = finished
     (tmp_path / "notes.h5").write_text("not hdf5")
     unfinished = tmp_path / "unfinished"
-    unfinished.mkdir()
-    (unfinished / "params.json").write_text(json.dumps({"run_id": "x"}))
+    (unfinished / "checkpoints").mkdir(parents=True)
+    shutil.copy(run_dir / "checkpoints" / "iter-00000012.h5", unfinished / "checkpoints")
     cases = [
         ([str(tmp_path / "missing")], "does not exist"),
         ([str(tmp_path / "notes.h5")], "is not an HDF5 file"),
         ([str(tmp_path)], "is not a run directory"),
-        ([str(unfinished)], "has not finished"),
+        ([str(unfinished)], "has no report to trust (missing)"),
         (["--artifacts-dir", str(tmp_path / "none")], "no runs yet"),
     ]
     for args, message in cases:
@@ -126,8 +116,8 @@ def test_inspect_errors_are_clear(tmp_path, finished, capsys):
 def test_predict_prints_labels_and_the_accuracy(finished, synthetic_source):
     workdir, run_dir, _ = finished
     metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
-    done = cli("predict", str(run_dir), str(synthetic_source / FILES["test_images"]),
-               str(synthetic_source / FILES["test_labels"]), cwd=workdir)
+    done = run(["predict", str(run_dir), str(synthetic_source / FILES["test_images"]),
+               str(synthetic_source / FILES["test_labels"])], workdir, tool="cli")
     assert done.returncode == 0, done.stderr
     labels = done.stdout.split()
     assert len(labels) == 200 and set(labels) <= set("0123456789")
@@ -139,12 +129,17 @@ def test_predict_errors_are_clear(finished, synthetic_source, tmp_path, capsys):
     _, run_dir, _ = finished
     images = str(synthetic_source / FILES["test_images"])
     make_idx_dataset(tmp_path / "other", n_train=20, n_test=7)
+    swapped = tmp_path / "swapped"
+    shutil.copytree(run_dir, swapped)
+    shutil.copy(swapped / "checkpoints" / "iter-00000012.h5", swapped / "model.h5")
     cases = [
+        ([str(swapped), images], "is not the run's trained model (changed or damaged"),
         ([str(tmp_path / "nope.h5"), images], "no such checkpoint"),
-        ([str(tmp_path), images], "the run has not finished"),
+        ([str(tmp_path), images], "is not the run's trained model (missing)"),
         ([str(run_dir), str(tmp_path / "missing.gz")], "cannot read"),
         ([str(run_dir), str(synthetic_source / FILES["test_labels"])], "holds labels"),
         ([str(run_dir), images, str(tmp_path / "other" / FILES["test_labels"])], "holds 7 labels for 200 images"),
+        ([str(run_dir), images, images], "holds images, not labels"),
     ]
     for args, message in cases:
         assert main(["predict", "--summary", *args]) == 1

@@ -15,9 +15,10 @@ import pipeline
 from fakedata import checksums_for, learnable_arrays, make_idx_dataset
 from pipeline import processed, tasks
 from pipeline.download import FILES
-from pipeline.errors import CheckpointError, ParameterError
+from pipeline.errors import DataError, ParameterError
 from pipeline.idx import write_idx
-from pipeline.preprocess import normalize_images
+from pipeline.processed import normalize_images
+from runner import build
 
 
 @pytest.fixture(scope="module")
@@ -33,53 +34,14 @@ def params(data_dir, hashes, mirror_urls, **extra):
                 checksums=checksums_for(hashes), timeout=2.0, retries=1, **extra)
 
 
-def build(*task_list):
-    return luigi.build(list(task_list), local_scheduler=True, detailed_summary=True).status
-
-
 def files_under(directory):
     return sorted(str(p.relative_to(directory)) for p in Path(directory).rglob("*") if p.is_file())
-
-
-def test_the_third_mirror_serves_after_a_404_and_a_corrupt_copy(tmp_path, published, mirrors):
-    directory, hashes = published
-    missing, corrupt, good = mirrors(directory, "404"), mirrors(directory, "corrupt"), mirrors(directory, "ok")
-    task = tasks.DownloadDataset(**params(tmp_path, hashes, [missing.url, corrupt.url, good.url]))
-    assert build(task) == LuigiStatusCode.SUCCESS
-
-    raw = tmp_path / "raw" / "mnist"
-    assert Path(task.output().path) == raw / "MANIFEST.json"
-    assert files_under(raw) == sorted(list(FILES) + ["MANIFEST.json"])
-    manifest = json.loads((raw / "MANIFEST.json").read_text())
-    for name in FILES:
-        entry = manifest["files"][name]
-        assert entry["source"] == good.url + name
-        assert entry["size"] == (directory / name).stat().st_size
-        assert (entry["md5"], entry["sha256"], entry["content_sha256"]) == \
-            (hashes[name]["md5"], hashes[name]["sha256"], hashes[name]["content_sha256"])
-        assert entry["fetched_at"].endswith("+00:00")
-    assert manifest["files"]["train-images-idx3-ubyte.gz"]["shape"] == [120, 28, 28]
-    assert (len(missing.requests), len(corrupt.requests), len(good.requests)) == (4, 4, 4)
-
-
-def test_when_all_three_mirrors_fail_one_error_names_each_and_raw_holds_no_file(tmp_path, published, mirrors):
-    directory, hashes = published
-    bad = [mirrors(directory, "404"), mirrors(directory, "corrupt"), mirrors(directory, "html")]
-    status, failures = tasks.build([tasks.NormalizeImages(**params(tmp_path, hashes, [m.url for m in bad]))])
-    assert status == LuigiStatusCode.FAILED
-    ((task, message),) = failures
-    assert isinstance(task, tasks.DownloadDataset)
-    assert message.startswith("DownloadError: could not get a verified train-images-idx3-ubyte.gz")
-    for mirror, reason in zip(bad, ["HTTP 404", "corrupt or truncated gzip", "not a gzip file"]):
-        assert f"{mirror.url}train-images-idx3-ubyte.gz: " in message
-        assert reason in message.split(mirror.url)[1].splitlines()[0]
-    assert files_under(tmp_path / "raw") == [] and files_under(tmp_path / "processed") == []
 
 
 def test_processed_files_hold_normalized_images_labels_and_the_source_checksums(tmp_path, published, mirrors):
     directory, hashes = published
     shared = params(tmp_path, hashes, [mirrors(directory, "ok").url])
-    assert build(tasks.NormalizeImages(**shared), tasks.EncodeLabels(**shared)) == LuigiStatusCode.SUCCESS
+    assert build(tasks.NormalizeImages(**shared), tasks.EncodeLabels(**shared))[0] == LuigiStatusCode.SUCCESS
 
     images = processed.read_images(tmp_path / "processed" / "mnist" / "images.h5")
     labels = processed.read_labels(tmp_path / "processed" / "mnist" / "labels.h5")
@@ -105,7 +67,7 @@ def test_download_progress_reaches_luigis_percentage_and_ends_at_100(tmp_path, p
     seen = []  # what a luigid page would show: the percentages the scheduler is told
     monkeypatch.setattr(luigi.scheduler.Scheduler, "set_task_progress_percentage",
                         lambda self, task_id, percent: seen.append(percent))
-    assert build(tasks.DownloadDataset(**params(tmp_path, hashes, [mirrors(directory).url]))) == \
+    assert build(tasks.DownloadDataset(**params(tmp_path, hashes, [mirrors(directory).url])))[0] == \
         LuigiStatusCode.SUCCESS
     assert seen == sorted(seen) and seen[-1] == 100 and len(seen) >= 4
 
@@ -114,14 +76,14 @@ def test_a_custom_dataset_comes_from_source_dir_and_never_from_a_mirror(tmp_path
     directory, hashes = published
     watched = mirrors(directory, "ok")
     custom = dict(dataset="my-digits", data_dir=str(tmp_path), local_dirs=[], mirrors=[watched.url])
-    assert build(tasks.EncodeLabels(source_dir=str(directory), **custom)) == LuigiStatusCode.SUCCESS
+    assert build(tasks.EncodeLabels(source_dir=str(directory), **custom))[0] == LuigiStatusCode.SUCCESS
     manifest = json.loads((tmp_path / "raw" / "my-digits" / "MANIFEST.json").read_text())
     assert manifest["verified_with"].startswith("IDX structure only")
     assert manifest["files"]["t10k-labels-idx1-ubyte.gz"]["sha256"] == hashes["t10k-labels-idx1-ubyte.gz"]["sha256"]
 
-    status, failures = tasks.build([tasks.DownloadDataset(dataset="other-digits", data_dir=str(tmp_path),
+    status, failures = build(tasks.DownloadDataset(dataset="other-digits", data_dir=str(tmp_path),
                                                           local_dirs=[str(tmp_path / "absent")],
-                                                          mirrors=[watched.url])])
+                                                          mirrors=[watched.url]))
     assert status == LuigiStatusCode.FAILED and "absent/train-images-idx3-ubyte.gz: not found" in failures[0][1]
     assert watched.requests == []
 
@@ -130,8 +92,8 @@ def test_a_custom_dataset_whose_counts_disagree_is_refused_at_download(tmp_path)
     source = tmp_path / "source"
     make_idx_dataset(source, n_train=120, n_test=30)
     write_idx(source / "t10k-labels-idx1-ubyte.gz", np.zeros(29, dtype=np.uint8))
-    status, failures = tasks.build([tasks.DownloadDataset(dataset="mine", data_dir=str(tmp_path / "data"),
-                                                          source_dir=str(source), local_dirs=[], mirrors=[])])
+    status, failures = build(tasks.DownloadDataset(dataset="mine", data_dir=str(tmp_path / "data"),
+                                                          source_dir=str(source), local_dirs=[], mirrors=[]))
     assert status == LuigiStatusCode.FAILED
     assert "t10k-images-idx3-ubyte.gz has 30 images but" in failures[0][1]
     assert "t10k-labels-idx1-ubyte.gz has 29 labels" in failures[0][1]
@@ -142,8 +104,8 @@ def test_images_of_another_size_are_refused_with_the_size_named(tmp_path):
     source = tmp_path / "source"
     make_idx_dataset(source, n_train=120, n_test=30)
     write_idx(source / "train-images-idx3-ubyte.gz", np.zeros((120, 32, 32), dtype=np.uint8))
-    status, failures = tasks.build([tasks.DownloadDataset(dataset="mine", data_dir=str(tmp_path / "data"),
-                                                          source_dir=str(source), local_dirs=[], mirrors=[])])
+    status, failures = build(tasks.DownloadDataset(dataset="mine", data_dir=str(tmp_path / "data"),
+                                                          source_dir=str(source), local_dirs=[], mirrors=[]))
     assert status == LuigiStatusCode.FAILED
     assert "train-images-idx3-ubyte.gz: images are 32x32 pixels; the network needs 28x28" in failures[0][1]
 
@@ -160,7 +122,7 @@ def built(tmp_path, published, mirrors):
     """data_dir with both processed files of the published dataset."""
     directory, hashes = published
     shared = params(tmp_path / "data", hashes, [mirrors(directory).url])
-    assert build(tasks.NormalizeImages(**shared), tasks.EncodeLabels(**shared)) == LuigiStatusCode.SUCCESS
+    assert build(tasks.NormalizeImages(**shared), tasks.EncodeLabels(**shared))[0] == LuigiStatusCode.SUCCESS
     return tmp_path / "data"
 
 
@@ -171,43 +133,56 @@ def rebuild_command(task, data_dir):
 def test_a_truncated_or_foreign_processed_file_names_the_command_that_rebuilds_it(built):
     images = built / "processed" / "mnist" / "images.h5"
     images.write_bytes(images.read_bytes()[:3000])
-    with pytest.raises(CheckpointError, match="is damaged or not HDF5") as error:
+    with pytest.raises(DataError, match="is damaged or not HDF5") as error:
         processed.read_images(images)
     assert str(images) in str(error.value)
     assert f"delete it and rerun ({rebuild_command('NormalizeImages', built)}" in str(error.value)
 
     labels = built / "processed" / "mnist" / "labels.h5"
     labels.write_text("not HDF5 at all")
-    with pytest.raises(CheckpointError, match=rebuild_command("EncodeLabels", built)):
+    with pytest.raises(DataError, match=rebuild_command("EncodeLabels", built)):
         processed.read_labels(labels)
 
 
 def test_a_processed_file_of_the_wrong_layout_is_refused(built):
     images, labels = built / "processed" / "mnist" / "images.h5", built / "processed" / "mnist" / "labels.h5"
-    with pytest.raises(CheckpointError, match=r"lacks train/labels.*not an output of EncodeLabels"):
+    with pytest.raises(DataError, match=r"lacks train/labels.*not an output of EncodeLabels"):
         processed.read_labels(images)
     with h5py.File(images, "r+") as f:
         del f["test"]
         f["test"] = np.zeros((30, 28, 28), dtype=np.float32)
-    with pytest.raises(CheckpointError, match=r"test is float32 \(30, 28, 28\), expected float32 \(n, 784\)"):
+    with pytest.raises(DataError, match=r"test is float32 \(30, 28, 28\), expected float32 \(n, 784\)"):
         processed.read_images(images)
     with h5py.File(labels, "r+") as f:
         del f["train/one_hot"]
         f["train/one_hot"] = np.zeros((119, 10), dtype=np.float32)
-    with pytest.raises(CheckpointError, match=r"train/one_hot is float32 \(119, 10\), expected float32 \(120, 10\)"):
+    with pytest.raises(DataError, match=r"train/one_hot is float32 \(119, 10\), expected float32 \(120, 10\)"):
         processed.read_labels(labels)
 
 
-def test_a_rerun_of_complete_stages_reads_downloads_and_rewrites_nothing(built, published, mirrors):
+def test_a_rerun_of_complete_stages_downloads_and_rewrites_nothing(built, published, mirrors):
     directory, hashes = published
     watched = mirrors(directory, "ok")
     shared = params(built, hashes, [watched.url])
     images = built / "processed" / "mnist" / "images.h5"
     stamp = images.stat().st_mtime_ns
-    for name in FILES:  # complete means "the output exists": upstream files are not even looked at
-        (built / "raw" / "mnist" / name).unlink()
-    assert build(tasks.NormalizeImages(**shared), tasks.EncodeLabels(**shared)) == LuigiStatusCode.SUCCESS
+    assert build(tasks.NormalizeImages(**shared), tasks.EncodeLabels(**shared))[0] == LuigiStatusCode.SUCCESS
     assert images.stat().st_mtime_ns == stamp and watched.requests == []
+
+
+def test_a_raw_file_deleted_after_the_fact_is_fetched_again_and_downstream_remade(built, published, mirrors):
+    directory, hashes = published
+    watched = mirrors(directory, "ok")
+    shared = params(built, hashes, [watched.url])
+    images = built / "processed" / "mnist" / "images.h5"
+    before = {k: v[()] for k, v in h5py.File(images, "r").items()}
+    (built / "raw" / "mnist" / "train-images-idx3-ubyte.gz").unlink()
+    assert tasks.NormalizeImages(**shared).stale_reason().startswith("DownloadDataset would run (missing: ")
+    assert build(tasks.NormalizeImages(**shared), tasks.EncodeLabels(**shared))[0] == LuigiStatusCode.SUCCESS
+    assert len(watched.requests) == 4
+    with h5py.File(images, "r") as f:
+        assert all(np.array_equal(f[k][()], v) for k, v in before.items())
+    assert tasks.NormalizeImages(**shared).complete() and tasks.EncodeLabels(**shared).complete()
 
 
 @pytest.mark.parametrize("value, problem", [('["https://a.example/mnist/" "https://b.example/mnist/"]', "delimiter"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.functions import cross_entropy_error, sigmoid, sigmoid_grad, softmax, sum_squares_error
-from pipeline.gradient import gradient_descent, numerical_diff, numerical_gradient
+from pipeline.functions import gradient_descent, numerical_diff, numerical_gradient
 
 
 def square_sum(x):

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.errors import DataError
 from pipeline.idx import decompress, encode_idx, parse_idx, read_idx, read_images_and_labels, write_idx
-from pipeline.preprocess import normalize_images, one_hot
+from pipeline.processed import normalize_images, one_hot
 
 
 @pytest.fixture

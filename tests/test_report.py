@@ -8,7 +8,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from pipeline import report
+from pipeline import report, runs
 
 EPOCHS = [
     {"epoch": 0.0, "iteration": 0, "train_accuracy": 0.1, "train_loss": 2.30, "test_accuracy": 0.098, "test_loss": 2.31},
@@ -24,9 +24,10 @@ LOSSES = 2.3 * np.exp(-np.arange(900) / 300) + 0.1
 
 def write(directory, **changes):
     arguments = dict(run_id="h50-test", dataset="synthetic", hyperparameters={"hidden_size": 50, "learning_rate": 0.1},
-                     data_checksums={"t10k-images-idx3-ubyte.gz": "abc"}, epochs=EPOCHS, minibatch_losses=LOSSES,
-                     confusion=CONFUSION)
-    return report.write_report(directory, **{**arguments, **changes})
+                     digests={"model": "abc"}, epochs=EPOCHS, minibatch_losses=LOSSES, confusion=CONFUSION)
+    built = report.build_report(**{**arguments, **changes})
+    report.write_report(directory, built)
+    return built
 
 
 @pytest.fixture
@@ -34,20 +35,23 @@ def written(tmp_path):
     return tmp_path / "report", write(tmp_path / "report")
 
 
-def test_metrics_json_holds_the_given_figures(written):
+def test_report_json_holds_the_given_figures_and_metrics_json_numbers_only(written):
     directory, returned = written
+    full = json.loads((directory / "report.json").read_text())
+    assert full == returned
+    assert full["final"] == EPOCHS[-1] and full["epochs"] == EPOCHS
+    assert full["confusion_matrix"] == CONFUSION.tolist() and full["minibatch_loss"] == LOSSES.tolist()
+    assert full["hyperparameters"] == {"hidden_size": 50, "learning_rate": 0.1} and full["digests"] == {"model": "abc"}
     metrics = json.loads((directory / "metrics.json").read_text())
-    assert metrics == returned
     assert metrics["final"] == EPOCHS[-1]
-    assert metrics["epochs"] == EPOCHS
-    assert metrics["confusion_matrix"] == CONFUSION.tolist()
-    assert metrics["hyperparameters"] == {"hidden_size": 50, "learning_rate": 0.1}
-    assert metrics["data_checksums"] == {"t10k-images-idx3-ubyte.gz": "abc"}
+    assert all(isinstance(v, (int, float)) or v is None for v in metrics["per_class_test_accuracy"].values())
+    assert json.loads((directory / "params.json").read_text()) == {"run_id": "h50-test", "hidden_size": 50,
+                                                                   "learning_rate": 0.1}
 
 
 def test_per_class_accuracy_is_the_diagonal_over_row_sums(written):
     metrics = json.loads((written[0] / "metrics.json").read_text())
-    per_class = metrics["per_class_accuracy"]
+    per_class = metrics["per_class_test_accuracy"]
     assert per_class["0"] == pytest.approx(90 / 100) and per_class["8"] == pytest.approx(10 / 20)
     assert per_class["9"] is None  # no sample of class 9: no accuracy, not 0 and not a division error
     assert report.per_class_accuracy(np.array([[3, 1], [0, 4]])) == [0.75, 1.0]
@@ -82,7 +86,7 @@ def test_plots_are_real_pngs(written):
 
 def test_no_temporary_files_are_left(written):
     assert sorted(p.name for p in written[0].iterdir()) == [
-        "accuracy.csv", "accuracy.png", "loss.png", "metrics.json", "report.md"]
+        "accuracy.csv", "accuracy.png", "loss.png", "metrics.json", "params.json", "report.json", "report.md"]
 
 
 def test_numpy_scalars_in_the_rows_are_written_as_plain_numbers(tmp_path):
@@ -98,7 +102,6 @@ def test_numpy_scalars_in_the_rows_are_written_as_plain_numbers(tmp_path):
     ({"epochs": []}, "no epochs to report"),
     ({"epochs": [{"epoch": 1.0, "iteration": 600}]}, "epoch row 0 lacks 'train_accuracy'"),
     ({"confusion": np.ones((10, 9), dtype=int)}, r"must be square, got shape \(10, 9\)"),
-    ({"class_names": ["shirt", "shoe"]}, "2 class names for a 10-class confusion matrix"),
 ])
 def test_bad_inputs_are_refused_before_any_file_is_written(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
@@ -106,26 +109,17 @@ def test_bad_inputs_are_refused_before_any_file_is_written(tmp_path, changes, me
     assert not (tmp_path / "report").exists()
 
 
-def test_class_names_label_the_per_class_figures(tmp_path):
-    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-    metrics = write(tmp_path, class_names=names)
-    assert list(metrics["per_class_accuracy"]) == names
-    assert metrics["per_class_accuracy"]["Trouser"] == pytest.approx(80 / 90)
+def test_fashion_mnist_classes_are_named(tmp_path):
+    built = write(tmp_path, dataset="fashion-mnist")
+    assert built["class_names"][1] == "Trouser"
+    assert json.loads((tmp_path / "metrics.json").read_text())["per_class_test_accuracy"]["Trouser"] == \
+        pytest.approx(80 / 90)
     assert "| Trouser | 0.8889 |" in (tmp_path / "report.md").read_text()
-
-
-def test_a_rewrite_that_fails_half_way_leaves_no_completion_marker(tmp_path, monkeypatch):
-    write(tmp_path)
-    monkeypatch.setattr(report, "_loss_plot", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
-    with pytest.raises(OSError):
-        write(tmp_path, epochs=EPOCHS[:2])
-    assert not (tmp_path / "metrics.json").exists()  # Luigi must not take the mixed files for a report
-    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def _append_many(path, prefix, count):
     for k in range(count):
-        report.append_run(path, {"run_id": f"{prefix}-{k}", "dataset": "synthetic", "test_accuracy": k / 100})
+        runs.add_run(path, {"run_id": f"{prefix}-{k}", "dataset": "synthetic", "test_accuracy": k / 100})
 
 
 def test_runs_csv_keeps_every_row_under_two_concurrent_writer_processes(tmp_path):
@@ -139,21 +133,21 @@ def test_runs_csv_keeps_every_row_under_two_concurrent_writer_processes(tmp_path
         assert w.exitcode == 0
     with open(path, newline="") as f:
         records = list(csv.reader(f))
-    assert records[0] == list(report.RUN_COLUMNS)  # one header, then only data rows of full width
-    assert len(records) == 101 and all(len(r) == len(report.RUN_COLUMNS) for r in records)
-    rows = report.read_runs(path)
+    assert records[0] == list(runs.RUN_COLUMNS)  # one header, then only data rows of full width
+    assert len(records) == 101 and all(len(r) == len(runs.RUN_COLUMNS) for r in records)
+    rows = runs.read_runs(path)
     assert sorted(r["run_id"] for r in rows) == sorted(f"{p}-{k}" for p in "ab" for k in range(50))
     assert all(r["dataset"] == "synthetic" and r["finished_at"] for r in rows)
     # each writer's rows keep its own order: every append saw the rows written before it
     for prefix in "ab":
         assert [r["run_id"] for r in rows if r["run_id"].startswith(prefix)] == [f"{prefix}-{k}" for k in range(50)]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.csv", "runs.csv.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", "runs.csv"]
 
 
 def test_a_rerun_replaces_its_row(tmp_path):
     path = tmp_path / "runs.csv"
-    report.append_run(path, {"run_id": "x", "test_accuracy": 0.5})
-    report.append_run(path, {"run_id": "y", "test_accuracy": 0.6})
-    report.append_run(path, {"run_id": "x", "test_accuracy": 0.7, "not_a_column": 1})
-    rows = report.read_runs(path)
+    runs.add_run(path, {"run_id": "x", "test_accuracy": 0.5})
+    runs.add_run(path, {"run_id": "y", "test_accuracy": 0.6})
+    runs.add_run(path, {"run_id": "x", "test_accuracy": 0.7, "not_a_column": 1})
+    rows = runs.read_runs(path)
     assert [(r["run_id"], r["test_accuracy"]) for r in rows] == [("y", "0.6"), ("x", "0.7")]

@@ -10,17 +10,18 @@ import numpy as np
 import pytest
 from luigi.execution_summary import LuigiStatusCode
 
-from pipeline import checkpoint, evaluation, processed, report, tasks
+from fakedata import make_idx_dataset
+from pipeline import checkpoint, lineage, processed, runs, tasks
 from pipeline.errors import ParameterError
 from pipeline.network import PARAM_NAMES, TwoLayerNet
+from runner import build
 
 # A generated dataset under a custom name: DownloadDataset takes it from source_dir only.
 SMALL = dict(hidden_size=30, batch_size=50, learning_rate=0.5, iterations=120, sampling="shuffle", seed=3)
 
 
 def run(task_class, **params):
-    result = luigi.build([task_class(**params)], local_scheduler=True, detailed_summary=True)
-    return result.status
+    return build(task_class(**params))[0]
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def test_end_to_end_run_learns_the_synthetic_dataset(chain):
     assert metrics["final"]["test_accuracy"] >= 0.9
     assert metrics["final"]["iteration"] == SMALL["iterations"]
 
-    params = json.loads((task.run_dir / "params.json").read_text())
+    params = json.loads((task.run_dir / "report" / "params.json").read_text())
     assert params["run_id"] == task.run_dir.name and params["hidden_size"] == 30
 
     check = json.loads((task.run_dir / "gradient_check.json").read_text())
@@ -53,6 +54,7 @@ def test_end_to_end_run_learns_the_synthetic_dataset(chain):
         assert np.array_equal(model.params[key], final.params[key])
         assert model.params[key].dtype == np.float32
     assert len(model.losses) == 120 and np.all(np.isfinite(model.losses))
+    assert [row["iteration"] for row in model.evaluation] == list(range(0, 121, 12))
 
 
 def test_a_rerun_with_equal_parameters_does_nothing(chain):
@@ -124,71 +126,48 @@ def test_a_diverging_run_fails_the_task_and_leaves_no_model(chain, caplog):
     assert "training diverged; try a smaller learning_rate than 1e+300" in caplog.text
 
 
-def test_report_figures_agree_with_the_checkpoints_they_came_from(chain):
-    assert run(tasks.EvaluateNetwork, **chain) == LuigiStatusCode.SUCCESS
-    task = tasks.EvaluateNetwork(**chain)
-    metrics = json.loads((task.run_dir / "report" / "metrics.json").read_text())
-    data = processed.read_images(Path(chain["data_dir"]) / "processed" / "synthetic" / "images.h5")
-    labels = processed.read_labels(Path(chain["data_dir"]) / "processed" / "synthetic" / "labels.h5")
-    paths = checkpoint.list_checkpoints(task.run_dir / "checkpoints")
-    assert [row["iteration"] for row in metrics["epochs"]] == [checkpoint.load_checkpoint(p).iteration for p in paths]
-    for row, path in zip(metrics["epochs"][::5], paths[::5]):
-        net = TwoLayerNet.from_params(checkpoint.load_checkpoint(path).params)
-        assert row["test_accuracy"] == net.accuracy(data["test"], labels["test_labels"])
-        assert row["train_accuracy"] == net.accuracy(data["train"], labels["train_labels"])
-        assert row["test_loss"] == pytest.approx(float(net.loss(data["test"], labels["test_labels"])), rel=1e-5)
-    final = TwoLayerNet.from_params(checkpoint.load_checkpoint(task.run_dir / "model.h5").params)
-    predicted = final.predict(data["test"]).argmax(axis=1)
-    expected = np.zeros((10, 10), dtype=int)
-    np.add.at(expected, (labels["test_labels"], predicted), 1)
-    assert metrics["confusion_matrix"] == expected.tolist()
-    assert metrics["data_checksums"] == data["attrs"]["source_sha256"]
-    runs = report.read_runs(Path(chain["artifacts_dir"]) / "runs.csv")
-    assert [r["run_id"] for r in runs] == [task.run_id]
-    assert float(runs[0]["test_accuracy"]) == metrics["final"]["test_accuracy"]
-
-
-def test_checkpoints_are_evaluated_during_training_with_the_figures_evaluate_network_would_compute(chain, caplog,
-                                                                                                     monkeypatch):
-    assert run(tasks.TrainNetwork, **chain) == LuigiStatusCode.SUCCESS
-    task = tasks.EvaluateNetwork(**chain)
-    paths = checkpoint.list_checkpoints(task.run_dir / "checkpoints")
-    kept = {}
-    for path in paths:  # one file of figures per checkpoint, tied to its weights by their digest
-        c = checkpoint.load_checkpoint(path)
-        figures = json.loads(report.epoch_figures_path(task.figures_dir, c.iteration).read_text())
-        assert figures["params_sha256"] == evaluation.params_digest(c.params)
-        assert figures["iteration"] == c.iteration
-        kept[c.iteration] = figures
+def test_report_figures_agree_with_the_checkpoints_they_came_from(chain, monkeypatch):
     read_parts = []
     read_images = processed.read_images
     monkeypatch.setattr(processed, "read_images", lambda path, parts: read_parts.append(parts) or read_images(path, parts))
     assert run(tasks.EvaluateNetwork, **chain) == LuigiStatusCode.SUCCESS
-    assert "checkpoints here" not in caplog.text  # nothing recomputed
-    assert read_parts == [("test",)]  # so the training split is not even read
+    assert read_parts[-1] == ("test",)  # EvaluateNetwork reads the test split alone: the rest came with model.h5
     monkeypatch.undo()
-    during_training = json.loads((task.run_dir / "report" / "metrics.json").read_text())["epochs"]
-    assert [row["test_accuracy"] for row in during_training] == [kept[i]["test_accuracy"] for i in sorted(kept)]
-
-    # the same report from scratch, every checkpoint evaluated by EvaluateNetwork itself: the same bits
-    shutil.rmtree(task.run_dir / "report")
-    shutil.rmtree(task.figures_dir)
-    assert run(tasks.EvaluateNetwork, **chain) == LuigiStatusCode.SUCCESS
-    assert f"evaluated {len(paths)} of {len(paths)} checkpoints here" in caplog.text
-    recomputed = json.loads((task.run_dir / "report" / "metrics.json").read_text())["epochs"]
-    assert recomputed == during_training
-
-
-def test_figures_that_do_not_match_their_checkpoint_are_recomputed(chain, caplog):
-    assert run(tasks.TrainNetwork, **chain) == LuigiStatusCode.SUCCESS
     task = tasks.EvaluateNetwork(**chain)
-    stale = report.epoch_figures_path(task.figures_dir, 12)
-    figures = json.loads(stale.read_text())
-    true_accuracy = figures["test_accuracy"]
-    stale.write_text(json.dumps({**figures, "test_accuracy": 0.0, "params_sha256": "0" * 64}))
-    report.epoch_figures_path(task.figures_dir, 24).write_text("{not json")
-    report.epoch_figures_path(task.figures_dir, 36).unlink()
+    full = json.loads((task.run_dir / "report" / "report.json").read_text())
+    images_path = Path(chain["data_dir"]) / "processed" / "synthetic" / "images.h5"
+    data = processed.read_images(images_path)
+    labels = processed.read_labels(Path(chain["data_dir"]) / "processed" / "synthetic" / "labels.h5")
+    paths = checkpoint.list_checkpoints(task.run_dir / "checkpoints")
+    assert [row["iteration"] for row in full["epochs"]] == [checkpoint.load_checkpoint(p).iteration for p in paths]
+    assert [c["file"] for c in full["checkpoints"]] == [p.name for p in paths]
+    for row, path in zip(full["epochs"], paths):
+        net = TwoLayerNet.from_params(checkpoint.load_checkpoint(path).params)
+        assert row["test_accuracy"] == net.accuracy(data["test"], labels["test_labels"])
+        assert row["train_accuracy"] == net.accuracy(data["train"], labels["train_labels"])
+        assert row["test_loss"] == pytest.approx(float(net.loss(data["test"], labels["test_labels"])), rel=1e-5)
+        assert row["train_loss"] == pytest.approx(float(net.loss(data["train"], labels["train_labels"])), rel=1e-5)
+    final = TwoLayerNet.from_params(checkpoint.load_checkpoint(task.run_dir / "model.h5").params)
+    predicted = final.predict(data["test"]).argmax(axis=1)
+    expected = np.zeros((10, 10), dtype=int)
+    np.add.at(expected, (labels["test_labels"], predicted), 1)
+    assert full["confusion_matrix"] == expected.tolist()
+    assert full["digests"]["data"]["images.h5"] == lineage.file_digest(images_path)
+    assert full["gradient_check"]["passed"] and set(full["stage_seconds"]) == {
+        "TrainNetwork", "CheckGradient", "NormalizeImages", "EncodeLabels"}
+    rows = runs.read_runs(Path(chain["artifacts_dir"]) / "runs.csv")
+    assert [r["run_id"] for r in rows] == [task.run_id]
+    assert float(rows[0]["test_accuracy"]) == full["final"]["test_accuracy"]
+
+
+def test_a_custom_dataset_from_another_source_dir_is_fetched_again_and_retrained(chain, tmp_path):
     assert run(tasks.EvaluateNetwork, **chain) == LuigiStatusCode.SUCCESS
-    assert "evaluated 3 of 11 checkpoints here" in caplog.text
-    epochs = json.loads((task.run_dir / "report" / "metrics.json").read_text())["epochs"]
-    assert epochs[1]["iteration"] == 12 and epochs[1]["test_accuracy"] == true_accuracy
+    other = tmp_path / "other-source"
+    make_idx_dataset(other, n_train=600, n_test=200, seed=77)
+    moved = {**chain, "source_dir": str(other)}
+    reason = tasks.EvaluateNetwork(**moved).stale_reason()
+    assert f"not --source-dir {other}" in reason
+    assert run(tasks.EvaluateNetwork, **moved) == LuigiStatusCode.SUCCESS
+    manifest = json.loads((Path(chain["data_dir"]) / "raw" / "synthetic" / "MANIFEST.json").read_text())
+    assert all(entry["source"].startswith(str(other)) for entry in manifest["files"].values())
+    assert tasks.EvaluateNetwork(**moved).complete() and not tasks.EvaluateNetwork(**chain).complete()
