@@ -14,7 +14,7 @@ from luigi.execution_summary import LuigiStatusCode
 import pipeline
 from fakedata import checksums_for, learnable_arrays, make_idx_dataset
 from pipeline import processed, tasks
-from pipeline.download import FILES
+
 from pipeline.errors import DataError, ParameterError
 from pipeline.idx import write_idx
 from pipeline.processed import normalize_images

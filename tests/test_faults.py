@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import checkpoint
-from runner import REPO, chain, outputs, run, run_dir_of, workspace
+from runner import REPO, chain, outputs, run, workspace
 
 pytestmark = pytest.mark.slow
 

@@ -1,13 +1,11 @@
 """Training survives SIGKILL: the rerun of the same command ends bit-identical to a run never interrupted."""
 
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipeline import checkpoint
@@ -90,5 +88,5 @@ def test_a_damaged_newest_checkpoint_is_passed_over_for_the_one_before(tmp_path,
     done = run_to_end(luigi_command(resume_source, tmp_path), tmp_path)
     assert newest.name in done.stderr
     resumed_from = checkpoint.load_checkpoint(paths[-2]).iteration
-    assert f"resuming" in done.stderr and f"iteration {resumed_from}" in done.stderr
+    assert "resuming" in done.stderr and f"iteration {resumed_from}" in done.stderr
     assert_bit_identical(model_of(tmp_path), reference)

@@ -1,11 +1,9 @@
 """CheckGradient, TrainNetwork and EvaluateNetwork through Luigi, on small generated datasets."""
 
 import json
-import shutil
 from pathlib import Path
 
 import h5py
-import luigi
 import numpy as np
 import pytest
 from luigi.execution_summary import LuigiStatusCode
