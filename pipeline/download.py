@@ -394,9 +394,12 @@ def _check_kind(array, name):
 
 
 def _check_counts(entries):
-    """DataError unless each part's images and labels are equally many (from their shapes)."""
-    for prefix in ("train", "t10k"):
+    """DataError unless each part holds images, as many as its labels (from their shapes)."""
+    for prefix, part in (("train", "training"), ("t10k", "test")):
         images, labels = entries[f"{prefix}-images-idx3-ubyte.gz"], entries[f"{prefix}-labels-idx1-ubyte.gz"]
+        if images["shape"][0] == 0:
+            raise DataError(f"{images['source']} holds 0 images: a dataset needs {part} images; put a file "
+                            f"holding at least one there, and its labels beside it")
         check_counts(images["shape"][0], labels["shape"][0], images["source"], labels["source"])
 
 

@@ -12,7 +12,7 @@ from luigi.execution_summary import LuigiStatusCode
 from fakedata import checksums_for, make_idx_dataset
 from pipeline import tasks
 from pipeline.download import FILES, fetch_dataset, validate_dataset_name
-from pipeline.errors import DownloadError, ParameterError
+from pipeline.errors import DataError, DownloadError, ParameterError
 
 FAST = dict(timeout=2.0, retries=2, backoff=0.01)
 
@@ -245,3 +245,16 @@ def test_labels_and_images_in_swapped_files_are_refused(tmp_path, published):
     (swapped / "t10k-labels-idx1-ubyte.gz").write_bytes((directory / "t10k-images-idx3-ubyte.gz").read_bytes())
     with pytest.raises(DownloadError, match=r"t10k-labels-idx1-ubyte\.gz: holds images .* must hold labels"):
         fetch_dataset("mine", tmp_path / "raw" / "mine", source_dir=str(swapped), **FAST)
+
+
+@pytest.mark.parametrize("n_train, n_test, file, part", [(0, 30, "train-images-idx3-ubyte.gz", "training"),
+                                                         (120, 0, "t10k-images-idx3-ubyte.gz", "test")])
+def test_a_custom_dataset_with_no_training_or_no_test_images_is_refused_at_download(tmp_path, n_train, n_test,
+                                                                                    file, part):
+    source = tmp_path / "source"
+    make_idx_dataset(source, n_train=n_train, n_test=n_test)
+    with pytest.raises(DataError) as error:
+        fetch_dataset("mine", tmp_path / "raw" / "mine", source_dir=str(source), **FAST)
+    assert str(error.value) == (f"{source / file} holds 0 images: a dataset needs {part} images; put a file "
+                                f"holding at least one there, and its labels beside it")
+    assert not (tmp_path / "raw" / "mine").exists()
