@@ -24,6 +24,7 @@ import socket
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,11 +306,31 @@ def _download(url, path, timeout, retries, backoff, progress):
     raise MirrorDown(f"{reason} ({retries} tries)")
 
 
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to an http or https URL: a Location of ftp:, file: or any
+    other scheme is refused (DownloadError), never opened."""
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        location = headers.get("location") or headers.get("uri")
+        if location:
+            target = urllib.parse.urljoin(req.full_url, location)
+            if urllib.parse.urlparse(target).scheme not in ("http", "https"):
+                fp.close()
+                raise DownloadError(f"redirected (HTTP {code}) to {target}: refused, only http and https URLs "
+                                    f"are followed; remove this mirror or give its final http(s) URL")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+
+
 def _get(url, path, timeout, progress):
     """One GET of url into path. The body must start with the gzip magic: an error page
     served with status 200 is refused here, before a byte of it is hashed or parsed."""
     request = urllib.request.Request(url, headers={"User-Agent": "mnist-pipeline"})
-    with urllib.request.urlopen(request, timeout=timeout) as response, open(path, "wb") as out:
+    with _OPENER.open(request, timeout=timeout) as response, open(path, "wb") as out:
         total = _content_length(response)
         received, reported, head = 0, -1, b""
         while True:

@@ -11,6 +11,8 @@ Each Mirror serves one directory in one mode and counts requests:
   redirect  302 to the same path on another mirror (`target`)
   chunked   the files with no Content-Length (chunked encoding), the first chunk a single byte
   short-length  announces fewer bytes than the file has (the client reads a cut gzip)
+  ftp-redirect  302 to the same path on ftp://127.0.0.1 (this mirror's port)
+  file-redirect 302 to file:///etc/passwd
 """
 
 import http.server
@@ -52,9 +54,12 @@ class Mirror:
             return self._send(handler, 500, b"server error", "text/plain")
         if self.mode == "html":
             return self._send(handler, 200, b"<!DOCTYPE html><html><body>Forbidden</body></html>", "text/html")
-        if self.mode == "redirect":
+        if self.mode in ("redirect", "ftp-redirect", "file-redirect"):
+            location = {"redirect": lambda: self.target.url + name,
+                        "ftp-redirect": lambda: self.url.replace("http://", "ftp://") + name,
+                        "file-redirect": lambda: "file:///etc/passwd"}[self.mode]()
             handler.send_response(302)
-            handler.send_header("Location", self.target.url + name)
+            handler.send_header("Location", location)
             handler.send_header("Content-Length", "0")
             handler.end_headers()
             return None

@@ -3,6 +3,7 @@
 import gzip
 import json
 import logging
+import re
 import socket
 
 import luigi
@@ -258,3 +259,19 @@ def test_a_custom_dataset_with_no_training_or_no_test_images_is_refused_at_downl
     assert str(error.value) == (f"{source / file} holds 0 images: a dataset needs {part} images; put a file "
                                 f"holding at least one there, and its labels beside it")
     assert not (tmp_path / "raw" / "mine").exists()
+
+
+@pytest.mark.parametrize("mode, target", [("ftp-redirect", "ftp://127.0.0.1:{port}/train-images-idx3-ubyte.gz"),
+                                          ("file-redirect", "file:///etc/passwd")])
+def test_a_redirect_to_a_scheme_other_than_http_is_refused_and_the_next_mirror_serves(tmp_path, published, mirrors,
+                                                                                      mode, target):
+    directory, hashes = published
+    hop, good = mirrors(directory, mode), mirrors(directory, "ok")
+    manifest = fetch_dataset("mnist", tmp_path / "raw" / "mnist", mirrors=[hop.url, good.url],
+                             checksums=checksums_for(hashes), **FAST)
+    assert all(e["source"].startswith(good.url) for e in manifest["files"].values())
+    target = target.format(port=hop.server.server_address[1])
+    with pytest.raises(DownloadError, match=rf"redirected \(HTTP 302\) to {re.escape(target)}: refused, only http "
+                                            rf"and https URLs are followed"):
+        fetch_dataset("mnist", tmp_path / "raw2" / "mnist", mirrors=[hop.url], checksums=checksums_for(hashes),
+                      **FAST)
