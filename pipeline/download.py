@@ -7,6 +7,9 @@ the md5 or sha256 of the .gz as published, or the sha256 of the decompressed con
 comes only from local directories; it has no known hashes, so its IDX structure is
 validated and its hashes recorded, with a warning.
 
+Mirrors are held to bounds: a byte limit and a deadline per file, redirects followed only
+to http(s) URLs. Every file's gzip is decompressed within the limits of pipeline.idx.
+
 Everything is staged in a temporary directory beside the destination and moved into
 place only when all four files have passed; MANIFEST.json is written last. A failure
 leaves the destination as it was.
