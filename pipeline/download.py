@@ -7,6 +7,9 @@ the md5 or sha256 of the .gz as published, or the sha256 of the decompressed con
 comes only from local directories; it has no known hashes, so its IDX structure is
 validated and its hashes recorded, with a warning.
 
+Mirrors are held to bounds: a byte limit and a deadline per file, redirects followed only
+to http(s) URLs. Every file's gzip is decompressed within the limits of pipeline.idx.
+
 Everything is staged in a temporary directory beside the destination and moved into
 place only when all four files have passed; MANIFEST.json is written last. A failure
 leaves the destination as it was.
@@ -16,7 +19,8 @@ import datetime
 import hashlib
 import http.client
 import json
-import logging
+import math
+import numbers
 import os
 import re
 import shutil
@@ -24,15 +28,17 @@ import socket
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.atomic import fsync_path
+from pipeline.logs import logger
 from pipeline.errors import DataError, DownloadError, ParameterError
-from pipeline.idx import GZIP_MAGIC, check_counts, check_images, check_labels, decompress, parse_idx
+from pipeline.idx import (GZIP_MAGIC, check_counts, check_images, check_labels, idx_content, parse_idx,
+                          read_limited)
 
-logger = logging.getLogger("pipeline")
 
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
          "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -42,6 +48,7 @@ FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
 class KnownDataset:
     mirrors: tuple
     hashes: dict  # file name -> accepted hex digests (md5 / sha256 of the .gz, sha256 of the content)
+    sizes: dict  # file name -> bytes of the .gz as published
     train_size: int = 60000
 
 
@@ -64,6 +71,8 @@ KNOWN_DATASETS = {
                                           "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
                                           "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
         },
+        sizes={"train-images-idx3-ubyte.gz": 9912422, "train-labels-idx1-ubyte.gz": 28881,
+               "t10k-images-idx3-ubyte.gz": 1648877, "t10k-labels-idx1-ubyte.gz": 4542},
     ),
     "fashion-mnist": KnownDataset(
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
@@ -82,22 +91,25 @@ KNOWN_DATASETS = {
                                           "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
                                           "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
         },
+        sizes={"train-images-idx3-ubyte.gz": 26421880, "train-labels-idx1-ubyte.gz": 29515,
+               "t10k-images-idx3-ubyte.gz": 4422102, "t10k-labels-idx1-ubyte.gz": 5148},
     ),
 }
 
-DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 CHUNK = 1 << 16
+MAX_DOWNLOAD_BYTES = 64 << 20  # per file, when no published size applies (checksums given, custom datasets)
 IMAGE_SHAPE = (28, 28)  # the network's 784 inputs
 N_CLASSES = 10
 
 
 def validate_dataset_name(name):
-    """Dataset names become directory names under data/ and artifacts/: allow nothing that
-    could climb out of them (no '/', no '..')."""
-    if not isinstance(name, str) or not DATASET_NAME.match(name) or ".." in name:
+    """Dataset names become directory names under data/ and artifacts/: nothing that could climb
+    out of them ('/', '..') or collide with a file beside them (runs.csv, index.html: no '.')."""
+    if not isinstance(name, str) or not DATASET_NAME.match(name):
         raise ParameterError(
             f"invalid dataset={name!r}: use mnist, fashion-mnist, or a custom name of lowercase letters, "
-            f"digits, '.', '_' and '-' (no '/' or '..')")
+            f"digits, '_' and '-'")
 
 
 def is_known(dataset):
@@ -135,7 +147,7 @@ def load_raw_dataset(raw_dir, kind):
         name = f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz"
         path = raw_dir / entries[name]["stored_as"]
         try:
-            content = decompress(path.read_bytes(), str(path))
+            content = idx_content(read_limited(path), str(path))
         except OSError as error:
             raise DataError(f"{path} is listed in {manifest_path} but cannot be read ({error.strerror}); "
                             f"delete {raw_dir} and rerun") from None
@@ -155,15 +167,23 @@ def staging_directories(dest_dir):
 
 
 def fetch_dataset(dataset, dest_dir, *, source_dir=None, local_dirs=(), mirrors=(), checksums=None,
-                  timeout=30.0, retries=3, backoff=1.0, progress=None):
+                  timeout=30.0, deadline=None, retries=3, backoff=1.0, progress=None):
     """Put the dataset's four files, verified, and MANIFEST.json into dest_dir; return the manifest.
 
     checksums: {file name: [hex digests]} replacing the known hashes (private mirrors, tests).
+    timeout: seconds one read from a mirror may wait. deadline: seconds one file may take
+    from one mirror, tries included (default 10 x timeout); a mirror past it is dropped.
+    A body is cut off past the published size of the file plus 1/8 and 64 KiB (room for a
+    recompressed copy), or past MAX_DOWNLOAD_BYTES when checksums are given.
     progress(fraction, message): called as bytes arrive, for a person watching.
-    Raises DownloadError naming every source tried for a file and why each failed.
+    Raises ParameterError for a bad setting before any source is tried, DownloadError
+    naming every source tried for a file and why each failed.
     """
     validate_dataset_name(dataset)
+    deadline = 10 * timeout if deadline is None and _is_seconds(timeout) else deadline
+    _validate_settings(timeout=timeout, deadline=deadline, retries=retries, backoff=backoff)
     dest_dir = Path(dest_dir)
+    limits = _byte_limits(dataset, checksums)
     accepted = _accepted_hashes(dataset, checksums)
     if accepted is None:
         logger.warning("%s is a custom dataset: no known checksums, so its files are only checked as IDX "
@@ -182,8 +202,8 @@ def fetch_dataset(dataset, dest_dir, *, source_dir=None, local_dirs=(), mirrors=
                 if progress is not None:
                     progress((number + fraction) / len(FILES), message)
 
-            entries[name] = _fetch_file(name, sources, accepted, staging, timeout, retries, backoff, file_progress,
-                                        unreachable)
+            network = _Network(timeout, deadline, retries, backoff, limits[name])
+            entries[name] = _fetch_file(name, sources, accepted, staging, network, file_progress, unreachable)
         manifest = {
             "dataset": dataset,
             "created_at": _now(),
@@ -195,6 +215,41 @@ def fetch_dataset(dataset, dest_dir, *, source_dir=None, local_dirs=(), mirrors=
         return manifest
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _is_seconds(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _validate_settings(timeout, deadline, retries, backoff):
+    """ParameterError naming the first download setting out of range and what is allowed."""
+    if not isinstance(retries, numbers.Integral) or isinstance(retries, bool) or retries < 1:
+        raise ParameterError(f"retries={retries!r} is not allowed: give the number of tries per file and mirror, "
+                             f"a whole number of 1 or more")
+    for name, value in (("timeout", timeout), ("deadline", deadline)):
+        if not _is_seconds(value):
+            raise ParameterError(f"{name}={value!r} is not allowed: give a number of seconds above 0")
+    if not (_is_seconds(backoff) or backoff == 0):
+        raise ParameterError(f"backoff={backoff!r} is not allowed: give a number of seconds, 0 or more")
+
+
+@dataclass(frozen=True)
+class _Network:
+    """How one file is downloaded: per-read timeout, whole-file deadline, tries, backoff, byte limit."""
+    timeout: float
+    deadline: float
+    retries: int
+    backoff: float
+    limit: int
+
+
+def _byte_limits(dataset, checksums):
+    """{file name: most bytes accepted from a mirror}: the published size plus room for a
+    recompressed copy (gzip -1 is some 3 % larger), or MAX_DOWNLOAD_BYTES when the
+    checksums are not the published ones."""
+    if checksums or not is_known(dataset):
+        return dict.fromkeys(FILES, MAX_DOWNLOAD_BYTES)
+    return {name: size + size // 8 + (64 << 10) for name, size in KNOWN_DATASETS[dataset].sizes.items()}
 
 
 def _accepted_hashes(dataset, checksums):
@@ -219,7 +274,7 @@ def _sources(dataset, source_dir, local_dirs, mirrors):
     return sources
 
 
-def _fetch_file(name, sources, accepted, staging, timeout, retries, backoff, progress, unreachable):
+def _fetch_file(name, sources, accepted, staging, network, progress, unreachable):
     """Try each source for one file; return its manifest entry or raise DownloadError.
 
     unreachable: {mirror: reason} of mirrors that failed to answer for an earlier file;
@@ -235,13 +290,11 @@ def _fetch_file(name, sources, accepted, staging, timeout, retries, backoff, pro
             failures.append(f"{where}: {skipped}")
             logger.info("%s", failures[-1])
             continue
+        path = location if kind == "file" else staging / (name + ".download")
         try:
-            if kind == "file":
-                path = location
-            else:
-                path = staging / (name + ".download")
-                _download(where, path, timeout, retries, backoff, progress)
-            raw = path.read_bytes()
+            if kind == "url":
+                _download(where, path, network, progress)
+            raw = read_limited(path, "the file")
             entry = _verify(raw, name, accepted)
         except MirrorDown as error:
             unreachable[location] = str(error)
@@ -257,6 +310,8 @@ def _fetch_file(name, sources, accepted, staging, timeout, retries, backoff, pro
                 path.unlink()
             logger.info("%s: verified (%s) from %s", name, entry["verified_by"], where)
             return {**entry, "stored_as": stored_as, "source": where, "fetched_at": _now()}
+        if kind == "url":
+            path.unlink(missing_ok=True)  # a refused body does not wait on disk for the end of the fetch
         logger.info("%s", failures[-1])
     raise DownloadError(f"could not get a verified {name} from any source:\n  " + "\n  ".join(failures)
                         + "\nWithout network access, put the four files (.gz or plain IDX) in a directory and "
@@ -279,48 +334,103 @@ def _attempts(name, sources):
         yield from ([("file", p) for p in found] if found else [("missing", location / name)])
 
 
-def _download(url, path, timeout, retries, backoff, progress):
-    """GET url into path, retrying transient failures (timeouts, resets, 5xx, short bodies)."""
+def _download(url, path, network, progress):
+    """GET url into path, retrying transient failures (timeouts, resets, 5xx, short bodies)
+    until network.deadline has passed since the first try."""
     if not url.startswith(("http://", "https://")):
         raise DownloadError(f"unsupported URL scheme (http and https only): {url}")
+    end = time.monotonic() + network.deadline
+    retries = network.retries
     for attempt in range(1, retries + 1):
         try:
-            return _get(url, path, timeout, progress)
+            return _get(url, path, network, end, progress)
         except urllib.error.HTTPError as error:
             if error.code < 500:
                 raise DownloadError(f"HTTP {error.code} {error.reason}") from None
             reason = f"HTTP {error.code} {error.reason}"
         except (urllib.error.URLError, socket.gaierror, ConnectionRefusedError) as error:
             reason = getattr(error, "reason", error)
+            if isinstance(reason, (TimeoutError, socket.timeout)) and time.monotonic() >= end:
+                raise _too_slow(network, _size(path)) from None
             if not isinstance(reason, (TimeoutError, socket.timeout, ConnectionResetError)):
                 raise MirrorDown(f"cannot connect ({reason})") from None
         except (TimeoutError, socket.timeout):
-            reason = f"timed out after {timeout:g} s"
+            if time.monotonic() >= end:
+                raise _too_slow(network, _size(path)) from None
+            reason = f"timed out after {network.timeout:g} s"
         except (ConnectionResetError, http.client.IncompleteRead, http.client.RemoteDisconnected) as error:
             reason = f"connection broken ({type(error).__name__})"
         if attempt < retries:
-            delay = backoff * 2 ** (attempt - 1)
+            delay = network.backoff * 2 ** (attempt - 1)
+            if time.monotonic() + delay >= end:
+                raise MirrorDown(f"{reason} ({attempt} of {retries} tries: the deadline of {network.deadline:g} s "
+                                 f"left no time for more)")
             logger.info("%s: %s; retry %d of %d in %.1f s", url, reason, attempt, retries - 1, delay)
             time.sleep(delay)
     raise MirrorDown(f"{reason} ({retries} tries)")
 
 
-def _get(url, path, timeout, progress):
-    """One GET of url into path. The body must start with the gzip magic: an error page
-    served with status 200 is refused here, before a byte of it is hashed or parsed."""
+def _size(path):
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _too_slow(network, received):
+    return MirrorDown(f"not done within the deadline of {network.deadline:g} s ({received:,} bytes received); "
+                      f"on a slow link raise the deadline (by default 10 x the timeout)")
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to an http or https URL: a Location of ftp:, file: or any
+    other scheme is refused (DownloadError), never opened."""
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        location = headers.get("location") or headers.get("uri")
+        if location:
+            target = urllib.parse.urljoin(req.full_url, location)
+            if urllib.parse.urlparse(target).scheme not in ("http", "https"):
+                fp.close()
+                raise DownloadError(f"redirected (HTTP {code}) to {target}: refused, only http and https URLs "
+                                    f"are followed; remove this mirror or give its final http(s) URL")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+
+
+def _get(url, path, network, end, progress):
+    """One GET of url into path, no more than network.limit bytes and not past `end`
+    (time.monotonic()); each read waits at most the timeout or the time left. The body
+    must start with the gzip magic: an error page served with status 200 is refused
+    here, before a byte of it is hashed or parsed."""
+    left = end - time.monotonic()
+    if left <= 0:
+        raise _too_slow(network, 0)
     request = urllib.request.Request(url, headers={"User-Agent": "mnist-pipeline"})
-    with urllib.request.urlopen(request, timeout=timeout) as response, open(path, "wb") as out:
+    with _OPENER.open(request, timeout=min(network.timeout, left)) as response, open(path, "wb") as out:
         total = _content_length(response)
+        if total > network.limit:
+            raise DownloadError(f"the response announces {total:,} bytes, more than the {network.limit:,} accepted "
+                                f"for this file; not downloaded")
         received, reported, head = 0, -1, b""
         while True:
-            chunk = response.read(CHUNK)
+            chunk = response.read1(CHUNK)  # what has arrived: a dripping body cannot hold the loop past `end`
             if not chunk:
                 break
             if len(head) < 40:  # the body's first bytes, gathered over reads (a first read may be 1 byte)
                 head += chunk[:40 - len(head)]
                 _refuse_unless_gzip(head, complete=False)
-            out.write(chunk)
             received += len(chunk)
+            if received > network.limit:
+                raise DownloadError(f"the body went on past {network.limit:,} bytes, the most accepted for this "
+                                    f"file; cut off there")
+            out.write(chunk)
+            if time.monotonic() > end:
+                raise _too_slow(network, received)
             if total:
                 percent = 100 * received // total
                 if percent // 10 != reported // 10:
@@ -359,7 +469,7 @@ def _verify(raw, name, accepted):
     """Hashes of the file's bytes and of its IDX content; DataError when the IDX is damaged,
     is not what a file of this name must hold, or no accepted hash matches. (Callers prefix
     the source, so messages do not repeat it.)"""
-    content = decompress(raw, "the file")
+    content = idx_content(raw, "the file")
     array = parse_idx(content, "the file")
     _check_kind(array, name)
     entry = {
@@ -394,9 +504,12 @@ def _check_kind(array, name):
 
 
 def _check_counts(entries):
-    """DataError unless each part's images and labels are equally many (from their shapes)."""
-    for prefix in ("train", "t10k"):
+    """DataError unless each part holds images, as many as its labels (from their shapes)."""
+    for prefix, part in (("train", "training"), ("t10k", "test")):
         images, labels = entries[f"{prefix}-images-idx3-ubyte.gz"], entries[f"{prefix}-labels-idx1-ubyte.gz"]
+        if images["shape"][0] == 0:
+            raise DataError(f"{images['source']} holds 0 images: a dataset needs {part} images; put a file "
+                            f"holding at least one there, and its labels beside it")
         check_counts(images["shape"][0], labels["shape"][0], images["source"], labels["source"])
 
 

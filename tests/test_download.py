@@ -3,7 +3,10 @@
 import gzip
 import json
 import logging
+import re
 import socket
+import struct
+import time
 
 import luigi
 import pytest
@@ -11,8 +14,8 @@ from luigi.execution_summary import LuigiStatusCode
 
 from fakedata import checksums_for, make_idx_dataset
 from pipeline import tasks
-from pipeline.download import FILES, fetch_dataset, validate_dataset_name
-from pipeline.errors import DownloadError, ParameterError
+from pipeline.download import FILES, MAX_DOWNLOAD_BYTES, fetch_dataset, validate_dataset_name
+from pipeline.errors import DataError, DownloadError, ParameterError
 
 FAST = dict(timeout=2.0, retries=2, backoff=0.01)
 
@@ -112,7 +115,7 @@ def test_transient_errors_are_retried_a_bounded_number_of_times_then_the_mirror_
                                                                                           mirrors, caplog):
     directory, hashes = published
     flaky, good = mirrors(directory, "500"), mirrors(directory, "ok")
-    with caplog.at_level(logging.INFO, logger="pipeline"):
+    with caplog.at_level(logging.INFO, logger="luigi-interface.pipeline"):
         manifest = fetch_dataset("mnist", tmp_path / "raw" / "mnist", mirrors=[flaky.url, good.url],
                                  checksums=checksums_for(hashes), timeout=1, retries=3, backoff=0.01)
     assert len(flaky.requests) == 3  # three tries for the first file, none for the other three
@@ -159,7 +162,7 @@ def test_a_damaged_gz_does_not_hide_a_good_plain_idx_beside_it(tmp_path, publish
     damaged = local / "train-images-idx3-ubyte.gz"
     damaged.write_bytes((directory / damaged.name).read_bytes()[:500])  # cut short
     both = {name: [h["md5"], h["content_sha256"]] for name, h in hashes.items()}
-    with caplog.at_level(logging.INFO, logger="pipeline"):
+    with caplog.at_level(logging.INFO, logger="luigi-interface.pipeline"):
         manifest = fetch_dataset("mnist", tmp_path / "raw" / "mnist", source_dir=str(local), checksums=both, **FAST)
     entry = manifest["files"][damaged.name]
     assert entry["source"] == str(local / "train-images-idx3-ubyte") and entry["stored_as"] == "train-images-idx3-ubyte"
@@ -169,7 +172,7 @@ def test_a_damaged_gz_does_not_hide_a_good_plain_idx_beside_it(tmp_path, publish
 def test_a_custom_dataset_is_validated_hashed_and_warned_about(tmp_path, caplog, mirrors, published):
     directory, hashes = published
     never = mirrors(directory, "ok")
-    with caplog.at_level(logging.WARNING, logger="pipeline"):
+    with caplog.at_level(logging.WARNING, logger="luigi-interface.pipeline"):
         manifest = fetch_dataset("my-digits", tmp_path / "raw" / "my-digits", source_dir=str(directory), **FAST)
     assert "custom dataset: no known checksums" in caplog.text
     assert manifest["files"]["train-labels-idx1-ubyte.gz"]["md5"] == hashes["train-labels-idx1-ubyte.gz"]["md5"]
@@ -199,7 +202,7 @@ def test_dataset_names_cannot_escape_the_data_directory(name):
 def test_progress_is_logged_in_bytes_and_percent(tmp_path, published, mirrors, caplog):
     directory, hashes = published
     seen = []
-    with caplog.at_level(logging.INFO, logger="pipeline"):
+    with caplog.at_level(logging.INFO, logger="luigi-interface.pipeline"):
         fetch_dataset("mnist", tmp_path / "raw" / "mnist", mirrors=[mirrors(directory).url],
                       checksums=checksums_for(hashes), progress=lambda f, m: seen.append((f, m)), **FAST)
     fractions = [f for f, _ in seen]
@@ -231,7 +234,7 @@ def test_a_body_longer_than_its_announced_length_is_a_cut_gzip_and_the_next_mirr
 def test_mirrors_given_for_a_custom_dataset_are_not_asked(tmp_path, published, mirrors, caplog):
     directory, _ = published
     watched = mirrors(directory, "ok")
-    with caplog.at_level(logging.WARNING, logger="pipeline"), pytest.raises(DownloadError, match="not found"):
+    with caplog.at_level(logging.WARNING, logger="luigi-interface.pipeline"), pytest.raises(DownloadError, match="not found"):
         fetch_dataset("my-digits", tmp_path / "raw" / "my-digits", local_dirs=[str(tmp_path / "absent")],
                       mirrors=[watched.url], **FAST)
     assert watched.requests == []
@@ -245,3 +248,117 @@ def test_labels_and_images_in_swapped_files_are_refused(tmp_path, published):
     (swapped / "t10k-labels-idx1-ubyte.gz").write_bytes((directory / "t10k-images-idx3-ubyte.gz").read_bytes())
     with pytest.raises(DownloadError, match=r"t10k-labels-idx1-ubyte\.gz: holds images .* must hold labels"):
         fetch_dataset("mine", tmp_path / "raw" / "mine", source_dir=str(swapped), **FAST)
+
+
+@pytest.mark.parametrize("n_train, n_test, file, part", [(0, 30, "train-images-idx3-ubyte.gz", "training"),
+                                                         (120, 0, "t10k-images-idx3-ubyte.gz", "test")])
+def test_a_custom_dataset_with_no_training_or_no_test_images_is_refused_at_download(tmp_path, n_train, n_test,
+                                                                                    file, part):
+    source = tmp_path / "source"
+    make_idx_dataset(source, n_train=n_train, n_test=n_test)
+    with pytest.raises(DataError) as error:
+        fetch_dataset("mine", tmp_path / "raw" / "mine", source_dir=str(source), **FAST)
+    assert str(error.value) == (f"{source / file} holds 0 images: a dataset needs {part} images; put a file "
+                                f"holding at least one there, and its labels beside it")
+    assert not (tmp_path / "raw" / "mine").exists()
+
+
+@pytest.mark.parametrize("mode, target", [("ftp-redirect", "ftp://127.0.0.1:{port}/train-images-idx3-ubyte.gz"),
+                                          ("file-redirect", "file:///etc/passwd")])
+def test_a_redirect_to_a_scheme_other_than_http_is_refused_and_the_next_mirror_serves(tmp_path, published, mirrors,
+                                                                                      mode, target):
+    directory, hashes = published
+    hop, good = mirrors(directory, mode), mirrors(directory, "ok")
+    manifest = fetch_dataset("mnist", tmp_path / "raw" / "mnist", mirrors=[hop.url, good.url],
+                             checksums=checksums_for(hashes), **FAST)
+    assert all(e["source"].startswith(good.url) for e in manifest["files"].values())
+    target = target.format(port=hop.server.server_address[1])
+    with pytest.raises(DownloadError, match=rf"redirected \(HTTP 302\) to {re.escape(target)}: refused, only http "
+                                            rf"and https URLs are followed"):
+        fetch_dataset("mnist", tmp_path / "raw2" / "mnist", mirrors=[hop.url], checksums=checksums_for(hashes),
+                      **FAST)
+
+
+def staged_sizes(dest):
+    """Sizes of the files in the staging directories beside dest, as they are now."""
+    return [p.stat().st_size for d in dest.parent.glob(f".{dest.name}.*.partial") for p in d.iterdir()]
+
+
+def test_an_endless_body_is_cut_at_the_limit_and_the_next_mirror_serves(tmp_path, published, mirrors):
+    directory, hashes = published
+    endless, good = mirrors(directory, "endless"), mirrors(directory, "ok")
+    dest = tmp_path / "raw" / "mnist"
+    seen_staged = []
+    manifest = fetch_dataset("mnist", dest, mirrors=[endless.url, good.url], checksums=checksums_for(hashes),
+                             progress=lambda f, m: seen_staged.extend(staged_sizes(dest)) if good.url in m else None,
+                             **FAST)
+    assert all(e["source"].startswith(good.url) for e in manifest["files"].values())
+    assert len(endless.requests) == 4 and max(seen_staged) < 1 << 20  # each cut body was deleted at once
+    with pytest.raises(DownloadError, match=rf"{endless.url}train-images-idx3-ubyte.gz: the body went on past "
+                                            rf"{MAX_DOWNLOAD_BYTES:,} bytes, the most accepted for this file; cut off"):
+        fetch_dataset("mnist", tmp_path / "raw2" / "mnist", mirrors=[endless.url], checksums=checksums_for(hashes),
+                      **FAST)
+    assert [p.name for p in (tmp_path / "raw2").iterdir()] == []  # no staging directory left
+
+
+def test_a_known_dataset_is_cut_just_past_its_published_size(tmp_path, published, mirrors):
+    endless = mirrors(published[0], "endless")
+    published_size = 9912422  # train-images-idx3-ubyte.gz of MNIST
+    with pytest.raises(DownloadError, match=rf"past {published_size + published_size // 8 + 65536:,} bytes"):
+        fetch_dataset("mnist", tmp_path / "raw" / "mnist", mirrors=[endless.url], **FAST)
+    assert endless.sent < 2 * published_size
+
+
+def test_a_response_announcing_more_than_the_limit_is_not_downloaded(tmp_path, published, mirrors):
+    directory, hashes = published
+    huge = mirrors(directory, "huge-length")
+    with pytest.raises(DownloadError, match=r"the response announces 1,000,000,000,000 bytes, more than the "
+                                            rf"{MAX_DOWNLOAD_BYTES:,} accepted for this file; not downloaded"):
+        fetch_dataset("mnist", tmp_path / "raw" / "mnist", mirrors=[huge.url], checksums=checksums_for(hashes),
+                      **FAST)
+    assert huge.sent < MAX_DOWNLOAD_BYTES // 4  # what the socket buffers took before the client hung up
+
+
+def test_a_dripping_mirror_is_dropped_at_the_deadline_and_the_next_serves(tmp_path, published, mirrors, caplog):
+    directory, hashes = published
+    drip, good = mirrors(directory, "drip"), mirrors(directory, "ok")
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="luigi-interface.pipeline"):
+        manifest = fetch_dataset("mnist", tmp_path / "raw" / "mnist", mirrors=[drip.url, good.url],
+                                 checksums=checksums_for(hashes), deadline=1.5, **FAST)
+    assert time.monotonic() - started < 5
+    assert all(e["source"].startswith(good.url) for e in manifest["files"].values())
+    assert len(drip.requests) == 1  # dropped for the other three files
+    assert f"{drip.url}train-images-idx3-ubyte.gz: not done within the deadline of 1.5 s (" in caplog.text
+    assert "t10k-labels-idx1-ubyte.gz: not tried (not done within the deadline" in caplog.text
+
+
+def test_a_local_copy_whose_header_overflows_int64_is_passed_over_for_the_next_source(tmp_path, published, caplog):
+    directory, hashes = published
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    (hostile / "train-images-idx3-ubyte").write_bytes(struct.pack(">HBBIII", 0, 0x08, 3, 2 ** 22, 2 ** 21, 2 ** 21))
+    with caplog.at_level(logging.INFO, logger="luigi-interface.pipeline"):
+        manifest = fetch_dataset("mnist", tmp_path / "raw" / "mnist", local_dirs=[str(hostile), str(directory)],
+                                 checksums=checksums_for(hashes), **FAST)
+    assert manifest["files"]["train-images-idx3-ubyte.gz"]["source"] == str(directory / "train-images-idx3-ubyte.gz")
+    assert ("the file: the header (4194304, 2097152, 2097152) announces 18446744073709551632 bytes, more than "
+            "the 2147483648 allowed") in caplog.text
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(retries=0), r"retries=0 is not allowed: give the number of tries per file and mirror, a whole number of 1"),
+    (dict(retries=2.5), r"retries=2\.5 is not allowed"),
+    (dict(timeout=0), r"timeout=0 is not allowed: give a number of seconds above 0"),
+    (dict(timeout=-1.0), r"timeout=-1\.0 is not allowed"),
+    (dict(timeout=float("nan")), r"timeout=nan is not allowed"),
+    (dict(deadline=0), r"deadline=0 is not allowed: give a number of seconds above 0"),
+    (dict(backoff=-1), r"backoff=-1 is not allowed: give a number of seconds, 0 or more"),
+])
+def test_bad_download_settings_are_refused_before_any_request(tmp_path, published, mirrors, settings, message):
+    directory, hashes = published
+    watched = mirrors(directory, "ok")
+    with pytest.raises(ParameterError, match=message):
+        fetch_dataset("mnist", tmp_path / "raw" / "mnist", mirrors=[watched.url], checksums=checksums_for(hashes),
+                      **{**FAST, **settings})
+    assert watched.requests == [] and not (tmp_path / "raw").exists()

@@ -1,12 +1,15 @@
 """IDX reading: every kind of damage is a DataError naming the file and the problem."""
 
 import gzip
+import os
+import struct
 
 import numpy as np
 import pytest
 
 from pipeline.errors import DataError
-from pipeline.idx import decompress, encode_idx, parse_idx, read_idx, read_images_and_labels, write_idx
+from pipeline.idx import (MAX_CONTENT_BYTES, decompress, encode_idx, idx_content, parse_idx, read_idx,
+                          read_images_and_labels, write_idx)
 from pipeline.processed import normalize_images, one_hot
 
 
@@ -110,3 +113,57 @@ def test_a_gzip_file_of_several_members_decompresses_to_all_of_them():
     assert parse_idx(decompress(two_members)).tolist() == [1, 2, 3]
     with pytest.raises(DataError, match="corrupt or truncated gzip"):
         decompress(two_members + b"not gzip")
+
+
+OVERFLOWING = struct.pack(">HBBIII", 0, 0x08, 3, 2 ** 22, 2 ** 21, 2 ** 21)  # 2^64 pixels: int64 wraps to 0
+
+
+def test_a_header_whose_sizes_overflow_int64_is_refused_as_data_error(tmp_path):
+    with pytest.raises(DataError, match=r"huge: file is short: 16 bytes, the header \(4194304, 2097152, 2097152\) "
+                                        r"needs 18446744073709551632"):
+        parse_idx(OVERFLOWING, "huge")
+    (tmp_path / "huge").write_bytes(OVERFLOWING)
+    (tmp_path / "huge.gz").write_bytes(gzip.compress(OVERFLOWING))
+    for path in (tmp_path / "huge", tmp_path / "huge.gz"):
+        with pytest.raises(DataError, match=rf"{path.name}: the header \(4194304, 2097152, 2097152\) announces "
+                                            rf"18446744073709551632 bytes, more than the {MAX_CONTENT_BYTES} allowed"):
+            read_idx(path)
+
+
+def test_a_gzip_holding_more_than_its_header_announces_is_refused_while_counting():
+    header = encode_idx(np.zeros((2, 28, 28), dtype=np.uint8))
+    stuffed = gzip.compress(header + bytes(50_000_000))
+    with pytest.raises(DataError, match=r"stuffed\.gz: decompresses to more than the 1584 bytes its header "
+                                        r"\(2, 28, 28\) announces; refused"):
+        decompress(stuffed, "stuffed.gz")
+
+
+def test_a_gzip_that_does_not_start_as_idx_is_refused_at_its_first_bytes_when_idx_is_required():
+    zeros = gzip.compress(bytes(50_000_000))
+    with pytest.raises(DataError, match=r"zeros\.gz: wrong magic number 0x00000000"):
+        idx_content(zeros, "zeros.gz")
+    labels = encode_idx(np.array([3, 1, 4], dtype=np.uint8))
+    assert idx_content(gzip.compress(labels), "labels.gz") == labels
+    assert idx_content(labels, "labels") == labels
+
+
+def test_a_plain_file_over_the_limit_is_refused_from_its_size_without_being_read(tmp_path):
+    sparse = tmp_path / "sparse-idx"
+    with open(sparse, "wb") as file:
+        file.write(OVERFLOWING[:4] + struct.pack(">III", 3_000_000, 28, 28))
+        file.truncate(MAX_CONTENT_BYTES + 1)  # a hole: no disk space, and no memory unless read
+    with pytest.raises(DataError, match=rf"sparse-idx: {MAX_CONTENT_BYTES + 1} bytes, more than the "
+                                        rf"{MAX_CONTENT_BYTES} allowed; refused"):
+        read_idx(sparse)
+    with pytest.raises(DataError, match="more than the 10 allowed"):
+        decompress(bytes(11), "eleven", limit=10)
+
+
+def test_gzip_members_split_across_feeding_pieces_decompress_to_the_same_bytes():
+    rng = np.random.default_rng(0)
+    content = encode_idx(rng.integers(0, 256, size=(300, 28, 28), dtype=np.uint8))  # 235 kB, incompressible
+    members = b"".join(gzip.compress(content[i:i + 70_001]) for i in range(0, len(content), 70_001))
+    assert decompress(members) == content
+    assert bytes(idx_content(members)) == content
+    with pytest.raises(DataError, match="corrupt or truncated gzip"):
+        decompress(members[:-3])
