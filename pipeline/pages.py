@@ -34,7 +34,7 @@ _CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline
 _CSS = """
 :root { --fg: #1d2330; --muted: #5b6475; --line: #d9dde5; --bg: #ffffff; --panel: #f5f7fa; --accent: #1f5fa8; }
 * { box-sizing: border-box; }
-body { margin: 0 auto; max-width: 1180px; padding: 20px 24px 48px; color: var(--fg); background: var(--bg);
+body { margin: 0 auto; max-width: 1320px; padding: 20px 24px 48px; color: var(--fg); background: var(--bg);
        font: 14px/1.45 system-ui, "DejaVu Sans", "Liberation Sans", Arial, sans-serif; }
 h1 { font-size: 22px; margin: 0 0 4px; word-break: break-all; }
 h2 { font-size: 17px; margin: 28px 0 8px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
@@ -71,7 +71,14 @@ table.sortable th[data-type]::after { content: " \\2195"; color: #9aa3b2; }
 table.sortable th[aria-sort=ascending]::after { content: " \\25B2"; color: var(--fg); }
 table.sortable th[aria-sort=descending]::after { content: " \\25BC"; color: var(--fg); }
 ul.legend { list-style: none; padding: 0; margin: 6px 0; display: flex; flex-wrap: wrap; gap: 4px 16px; font-size: 12px; }
-ul.legend .swatch { display: inline-block; width: 22px; height: 3px; vertical-align: middle; margin-right: 6px; }
+ul.legend .swatch { display: inline-block; width: 24px; height: 6px; vertical-align: middle; margin-right: 6px; }
+table.runs { font-size: 13px; }
+table.runs th, table.runs td { padding: 4px 6px; }
+table.runs td { white-space: nowrap; }
+table.runs td[data-key=finished_at] { white-space: normal; }
+.nw { white-space: nowrap; }
+table.runs thead th { white-space: normal; vertical-align: bottom; min-width: 3.5em; }
+table.runs thead th[data-key=best_test_accuracy] { min-width: 9em; }
 .note { background: #fff8e1; border: 1px solid #f3d98b; border-radius: 6px; padding: 8px 12px; }
 """
 
@@ -273,7 +280,7 @@ def line_plot(series, *, title, x_label, y_label, plot_id, x_range=None, y_range
            f'data-left="{left}" data-top="{top}" data-width="{plot_w}" data-height="{plot_h}" '
            f'style="max-width:{width}px">',
            f"<title>{_esc(title)}</title>",
-           f'<defs><clipPath id="{_esc(clip)}"><rect x="{left}" y="{top - 4}" width="{plot_w}" '
+           f'<defs><clipPath id="{_esc(clip)}"><rect x="{left - 4}" y="{top - 4}" width="{plot_w + 8}" '
            f'height="{plot_h + 8}"/></clipPath></defs>',
            f'<text x="{left + plot_w / 2:.1f}" y="20" text-anchor="middle" font-size="14" '
            f'font-weight="600">{_esc(title)}</text>']
@@ -405,7 +412,7 @@ def _minibatch_section(report):
     count = 0 if losses is None else len(losses)
     plot = line_plot(_minibatch_series(losses), title="Mini-batch loss during training", x_label="iteration",
                      y_label="loss", plot_id="minibatch-plot", y_bounds=(0.0, math.inf), width=1000, height=300,
-                     markers=False)
+                     x_range=(0, count) if count else None, markers=False)
     note = (f'<p class="muted" id="minibatch-count" data-value="{count}">{count} iterations')
     if count > MINIBATCH_BINS:
         note += (f"; the line is the mean loss of each of {MINIBATCH_BINS} runs of consecutive iterations "
@@ -568,7 +575,7 @@ _RUN_COLUMNS = (  # key, header, sort type
     ("batch_size", "batch", "number"), ("learning_rate", "learning rate", "number"),
     ("iterations", "iterations", "number"), ("seed", "seed", "number"), ("dtype", "dtype", "text"),
     ("sampling", "sampling", "text"), ("final_train_accuracy", "final train accuracy", "number"),
-    ("final_test_accuracy", "final test accuracy", "number"), ("finished_at", "finished", "number"))
+    ("final_test_accuracy", "final test accuracy", "number"), ("finished_at", "finished (UTC)", "number"))
 BEST_COLUMN = "best test accuracy (epoch; chosen on the test set)"
 
 _SCRIPT = r"""<script>
@@ -649,9 +656,15 @@ _SCRIPT = r"""<script>
       if (dash) line.setAttribute("stroke-dasharray", dash);
       group.appendChild(line);
       var item = document.createElement("li");
-      var swatch = document.createElement("span");
-      swatch.className = "swatch";
-      swatch.style.background = colour;
+      var swatch = document.createElementNS(NS, "svg");
+      swatch.setAttribute("class", "swatch");
+      swatch.setAttribute("viewBox", "0 0 24 6");
+      var sample = document.createElementNS(NS, "line");
+      [["x1", 0], ["x2", 24], ["y1", 3], ["y2", 3], ["stroke", colour], ["stroke-width", 2.5]].forEach(function (a) {
+        sample.setAttribute(a[0], a[1]);
+      });
+      if (dash) sample.setAttribute("stroke-dasharray", dash);
+      swatch.appendChild(sample);
       item.appendChild(swatch);
       item.appendChild(document.createTextNode(run.id));
       legend.appendChild(item);
@@ -670,7 +683,8 @@ def _time_text(text):
     if moment is None:
         return _esc(text if text else "—")
     utc = datetime.datetime.fromtimestamp(moment, datetime.timezone.utc)
-    return f'<span title="{_esc(text)}">{utc:%Y-%m-%d %H:%M} UTC</span>'
+    return (f'<span title="{_esc(text)}"><span class="nw">{utc:%Y-%m-%d}</span> '
+            f'<span class="nw">{utc:%H:%M}</span></span>')
 
 
 def _safe_href(href):
@@ -728,11 +742,25 @@ def _runs_table(runs, *, choose=False, best=False, rank=False):
             cells.append(_run_cell(key, row))
             if best and key == "final_test_accuracy":
                 accuracy, epoch = _best(row.get("curve"))
-                text = f"{_fixed(accuracy)} (epoch {_epoch_text(epoch)})" if accuracy is not None else "—"
+                text = f"{_fixed(accuracy)} ({_epoch_text(epoch)})" if accuracy is not None else "—"
                 cells.append(_td(accuracy, text, "best_test_accuracy", extra=f' data-epoch="{_esc(_exact(epoch))}"'))
         rows.append(f'<tr data-run="{position}">{"".join(cells)}</tr>')
     return ('<div class="scroll"><table class="sortable runs" id="runs"><thead><tr>' + "".join(heads)
             + f'</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def _accuracy_range(curves):
+    """The y range of test-accuracy curves: fitted to the points after epoch 0 (the untrained
+    start, near chance, would squeeze the differences that matter), and whether a point lies below it."""
+    trained = [a for curve in curves for e, a in curve if e > 0]
+    everything = [a for curve in curves for _, a in curve]
+    low, high = _fit_range(trained or everything, (0.0, 1.0))
+    return (low, high), any(a < low for a in everything)
+
+
+def _below_note(below):
+    return ('<p class="muted">The y axis fits the test accuracy after training began; the untrained start '
+            '(epoch 0) lies below it.</p>' if below else "")
 
 
 def _curve(row):
@@ -748,11 +776,10 @@ def index_page(runs):
     runs = list(runs)
     curves = [_curve(row) for row in runs]
     epochs = [e for curve in curves for e, _ in curve]
-    accuracies = [a for curve in curves for _, a in curve]
     x_range = (min(epochs + [0.0]), max(epochs)) if epochs else (0.0, 1.0)
+    y_range, below = _accuracy_range(curves)
     plot = line_plot([], title="Test accuracy of the chosen runs", x_label="epoch", y_label="test accuracy",
-                     plot_id="compare-plot", x_range=x_range, y_range=_fit_range(accuracies, (0.0, 1.0)),
-                     width=900, height=340)
+                     plot_id="compare-plot", x_range=x_range, y_range=y_range, width=900, height=340)
     plot = plot.replace('<text class="empty"', '<text class="empty" visibility="hidden"')
     data = {"runs": [{"id": str(row.get("run_id")), "curve": curve} for row, curve in zip(runs, curves)],
             "palette": list(PALETTE), "dashes": list(DASHES)}
@@ -761,7 +788,7 @@ def index_page(runs):
             'Click a column\'s header to sort by it; tick runs to compare them below.</p>'
             + _runs_table(list(enumerate(runs)), choose=True)
             + '<h2>Compare runs</h2><p class="muted" id="compare-hint"></p>'
-            + f'{plot}<ul class="legend" id="compare-legend"></ul>'
+            + f'{plot}<ul class="legend" id="compare-legend"></ul>{_below_note(below)}'
             + _json_script("curves", data))
     return _page("mnist-pipeline runs", body, _SCRIPT)
 
@@ -777,9 +804,9 @@ def sweep_page(sweep_id, runs):
 
     ranked = sorted(enumerate(runs), key=order)
     series = [{"label": str(row.get("run_id")), "points": [tuple(p) for p in _curve(row)]} for _, row in ranked]
-    accuracies = [p[1] for s in series for p in s["points"]]
+    y_range, below = _accuracy_range([s["points"] for s in series])
     plot = line_plot(series, title="Test accuracy per epoch, every run of the sweep", x_label="epoch",
-                     y_label="test accuracy", plot_id="sweep-plot", y_range=_fit_range(accuracies, (0.0, 1.0)),
+                     y_label="test accuracy", plot_id="sweep-plot", y_range=y_range,
                      width=1000, height=380, markers=False)
     body = (f'<h1 id="sweep-id" data-value="{_esc(sweep_id)}">{_esc(sweep_id)}</h1>'
             f'<p class="meta" id="run-count" data-value="{len(ranked)}">{len(ranked)} runs, '
@@ -788,5 +815,5 @@ def sweep_page(sweep_id, runs):
             + '<p class="note">There is no validation split: the "best test accuracy" column picks the epoch '
               'by looking at the test set itself, so it overstates how that model would do on new data. '
               'The final test accuracy, of the model training ended with, was not chosen that way.</p>'
-            + f'<h2>Test accuracy per epoch</h2>{plot}')
+            + f'<h2>Test accuracy per epoch</h2>{plot}{_below_note(below)}')
     return _page(f"{sweep_id} — mnist-pipeline sweep", body, _SCRIPT)

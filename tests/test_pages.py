@@ -82,9 +82,9 @@ def make_rows(count, points=20, seed=0):
     rows = []
     for n in range(count):
         hidden, lr, batch = (50, 100, 200)[n % 3], (0.01, 0.1, 0.5)[(n // 3) % 3], (100, 200)[(n // 9) % 2]
-        ceiling = 0.70 + 0.17 * rng.random()
+        ceiling, pace = 0.70 + 0.17 * rng.random(), 1 + 3 * rng.random()
         epochs = np.linspace(0, 16.67, points)
-        curve = [[float(e), float(round(0.1 + (ceiling - 0.1) * (1 - np.exp(-e / (1 + 4 * rng.random()))), 4))]
+        curve = [[float(e), float(round(0.1 + (ceiling - 0.1) * (1 - np.exp(-e / pace)) + rng.normal(0, 0.004) * (e > 0), 4))]
                  for e in epochs]
         run_id = f"h{hidden}-b{batch}-lr{lr:g}-s{n}-{n * 2654435761 % 2**32:08x}"
         rows.append({"run_id": run_id, "dataset": ("mnist", "fashion-mnist")[n % 2], "hidden_size": hidden,
