@@ -320,3 +320,16 @@ def test_screenshots_of_a_run_page_and_an_index(browser, tmp_path):
         assert (shots / name).stat().st_size > 10_000
     for page in (run, index, sweep):
         _assert_quiet(page)
+
+
+def test_empty_and_degenerate_inputs_still_make_pages():
+    assert "0 runs" in index_page([])
+    assert "no data" in sweep_page("sweep-empty", [])
+    single = make_report(iterations=300)  # one evaluation before the first epoch ends, one final
+    single["minibatch_loss"][5] = float("nan")
+    page = run_page(single)
+    assert page.count('<polyline class="line"') == 5
+    rows = make_rows(3)
+    rows[0]["curve"], rows[1]["final_test_accuracy"], rows[2]["finished_at"] = [], None, "yesterday"
+    for page in (index_page(rows), sweep_page("sweep-x", rows)):
+        assert "yesterday" in page and page.count("<tr data-run=") == 3
