@@ -49,7 +49,8 @@ thead th { background: var(--panel); font-weight: 600; white-space: nowrap; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.final td { font-weight: 600; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 8px 0 4px; }
-.card { background: var(--panel); border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px; min-width: 150px; }
+.card { background: var(--panel); border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px;
+        min-width: 150px; }
 .card .label { color: var(--muted); font-size: 12px; }
 .card .value { font-size: 22px; font-weight: 600; font-variant-numeric: tabular-nums; }
 .plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(440px, 1fr)); gap: 16px; }
@@ -70,7 +71,8 @@ table.sortable th[data-type] button { all: unset; cursor: pointer; }
 table.sortable th[data-type]::after { content: " \\2195"; color: #9aa3b2; }
 table.sortable th[aria-sort=ascending]::after { content: " \\25B2"; color: var(--fg); }
 table.sortable th[aria-sort=descending]::after { content: " \\25BC"; color: var(--fg); }
-ul.legend { list-style: none; padding: 0; margin: 6px 0; display: flex; flex-wrap: wrap; gap: 4px 16px; font-size: 12px; }
+ul.legend { list-style: none; padding: 0; margin: 6px 0; display: flex; flex-wrap: wrap; gap: 4px 16px;
+            font-size: 12px; }
 ul.legend .swatch { display: inline-block; width: 24px; height: 6px; vertical-align: middle; margin-right: 6px; }
 table.runs { font-size: 13px; }
 table.runs th, table.runs td { padding: 4px 6px; }
@@ -470,7 +472,8 @@ def _confusion_section(report):
     per_class_table = ('<table id="per-class"><thead><tr><th>class</th><th class="num">accuracy</th>'
                        '<th class="num">test samples</th><th></th></tr></thead>'
                        f'<tbody>{"".join(per_class)}</tbody></table>'
-                       '<p class="muted">Accuracy of a class: the share of its test images predicted as it (recall).</p>')
+                       '<p class="muted">Accuracy of a class: the share of its test images predicted as it '
+                       '(recall).</p>')
     return f"<h2>Confusion matrix</h2>{confusion}<h2>Accuracy per class</h2>{per_class_table}"
 
 
@@ -510,10 +513,12 @@ def _hyperparameter_section(report):
 def _digest_section(report):
     digests = report.get("digests") or {}
     rows = [f'<tr><th scope="row">data: {_esc(name)}</th><td data-key="{_esc(name)}" data-value="{_esc(value)}">'
-            f'<code class="digest">{_esc(value)}</code></td></tr>' for name, value in (digests.get("data") or {}).items()]
+            f'<code class="digest">{_esc(value)}</code></td></tr>'
+            for name, value in (digests.get("data") or {}).items()]
     if digests.get("model"):
         rows.append(f'<tr><th scope="row">model (final weights)</th><td data-key="model" '
-                    f'data-value="{_esc(digests["model"])}"><code class="digest">{_esc(digests["model"])}</code></td></tr>')
+                    f'data-value="{_esc(digests["model"])}">'
+                    f'<code class="digest">{_esc(digests["model"])}</code></td></tr>')
     body = "".join(rows) or '<tr><td class="muted">not recorded</td></tr>'
     checkpoints = report.get("checkpoints") or []
     rows = "".join("<tr>" + _td(c.get("file"), f'<code>{_esc(c.get("file"))}</code>', "file", cls="")
@@ -633,12 +638,14 @@ _SCRIPT = r"""<script>
   function px(x) { return (left + (x - x0) / (x1 - x0) * width).toFixed(1); }
   function py(y) { return (top + height - (y - y0) / (y1 - y0) * height).toFixed(1); }
   function draw() {
-    var chosen = Array.prototype.filter.call(document.querySelectorAll("input.choose"), function (box) { return box.checked; });
+    var chosen = Array.prototype.filter.call(document.querySelectorAll("input.choose"),
+                                             function (box) { return box.checked; });
     chosen.sort(function (a, b) { return a.getAttribute("data-run") - b.getAttribute("data-run"); });
     while (group.firstChild) group.removeChild(group.firstChild);
     legend.textContent = "";
     if (chosen.length < 2) {
-      hint.textContent = chosen.length ? "Choose one more run to compare." : "Tick two or more runs in the table to compare their test accuracy.";
+      hint.textContent = chosen.length ? "Choose one more run to compare."
+                                       : "Tick two or more runs in the table to compare their test accuracy.";
       return;
     }
     hint.textContent = chosen.length + " runs compared.";

@@ -6,7 +6,6 @@ $PAGES_SHOTS_DIR (default /tmp/pages-shots) for a person to look at."""
 
 import datetime
 import html
-import json
 import os
 import re
 from pathlib import Path
@@ -84,8 +83,8 @@ def make_rows(count, points=20, seed=0):
         hidden, lr, batch = (50, 100, 200)[n % 3], (0.01, 0.1, 0.5)[(n // 3) % 3], (100, 200)[(n // 9) % 2]
         ceiling, pace = 0.70 + 0.17 * rng.random(), 1 + 3 * rng.random()
         epochs = np.linspace(0, 16.67, points)
-        curve = [[float(e), float(round(0.1 + (ceiling - 0.1) * (1 - np.exp(-e / pace)) + rng.normal(0, 0.004) * (e > 0), 4))]
-                 for e in epochs]
+        accuracy = 0.1 + (ceiling - 0.1) * (1 - np.exp(-epochs / pace)) + rng.normal(0, 0.004, points) * (epochs > 0)
+        curve = [[float(e), float(round(a, 4))] for e, a in zip(epochs, accuracy)]
         run_id = f"h{hidden}-b{batch}-lr{lr:g}-s{n}-{n * 2654435761 % 2**32:08x}"
         rows.append({"run_id": run_id, "dataset": ("mnist", "fashion-mnist")[n % 2], "hidden_size": hidden,
                      "batch_size": batch, "learning_rate": lr, "iterations": 10000, "seed": n, "dtype": "float32",
