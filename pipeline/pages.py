@@ -221,7 +221,7 @@ def _text_width(text, size=12):
 
 
 def line_plot(series, *, title, x_label, y_label, plot_id, x_range=None, y_range=None, y_bounds=None,
-              width=640, height=300, markers=None):
+              width=640, height=300, markers=None) -> str:
     """An <svg> line plot: title, axes with ticks and labels, grid, and a legend below.
 
     series: [{"label": str, "points": [(x, y), ...], "color": optional css colour,
@@ -555,7 +555,7 @@ def _stage_section(report):
             '"cached": its output already existed, so it did not run.</p>')
 
 
-def run_page(report):
+def run_page(report: dict) -> str:
     """The HTML page of one run's report dict (run_id, dataset, class_names, hyperparameters,
     epochs, final, minibatch_loss, confusion_matrix, per_class_accuracy, gradient_check,
     digests, checkpoints, stage_seconds, created_at, package_version; missing parts show as
@@ -774,7 +774,7 @@ def _curve(row):
     return [[float(e), float(a)] for e, a in (row.get("curve") or []) if _finite(e) and _finite(a)]
 
 
-def index_page(runs):
+def index_page(runs: list) -> str:
     """The page listing every run: one row per dict (run_id, dataset, hidden_size, batch_size,
     learning_rate, iterations, seed, dtype, sampling, final_train_accuracy,
     final_test_accuracy, finished_at, href: the run's page, relative; curve: [[epoch,
@@ -800,7 +800,7 @@ def index_page(runs):
     return _page("mnist-pipeline runs", body, _SCRIPT)
 
 
-def sweep_page(sweep_id, runs):
+def sweep_page(sweep_id: str, runs: list) -> str:
     """The page of one sweep: its runs (rows as for index_page), best final test accuracy
     first, with each run's best test accuracy and its epoch (labelled as chosen on the test
     set: there is no validation split), and all test-accuracy curves on one plot whose y

@@ -17,7 +17,7 @@ MIN_CONTRAST = 0.08  # figure and background differ by less than this (of full s
 INK = 0.15  # after contrast stretching, pixels below this are background when finding the bounding box
 
 
-def load_picture(path, invert=None):
+def load_picture(path, invert=None) -> np.ndarray:
     """The picture at `path` as the training data has it: float32 array of shape (784,), in
     [0, 1], a light figure on a black background, made as MNIST was (see the module doc).
 
