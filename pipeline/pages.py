@@ -1,0 +1,826 @@
+"""HTML pages of runs and sweeps, as self-contained strings (pure functions, no I/O).
+
+Each page is one HTML document with its CSS inline and its plots as inline SVG drawn here;
+it loads nothing (a Content-Security-Policy forbids every fetch), so it works from file://
+and offline. Every figure taken from the input dicts is also kept exactly, in a
+`data-value` attribute (Python's repr for floats, which JavaScript's parseFloat reads back
+to the same double), next to the rounded text a reader sees.
+
+    run_page(report)            one run's report
+    index_page(runs)            every run: a sortable table, and a plot comparing the chosen runs
+    sweep_page(sweep_id, runs)  a sweep's runs, best final test accuracy first, all curves together
+    line_plot(series, ...)      the SVG line plot the three pages share
+"""
+
+import datetime
+import html
+import json
+import math
+import numbers
+
+import numpy as np
+
+__all__ = ["run_page", "index_page", "sweep_page", "line_plot"]
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+DASHES = ("", "6 3", "2 3", "8 3 2 3")
+STAGES = ("DownloadDataset", "NormalizeImages", "EncodeLabels", "CheckGradient", "TrainNetwork", "EvaluateNetwork")
+MINIBATCH_BINS = 400  # at most this many points of the mini-batch loss curve reach the page
+
+# Nothing may be fetched: not a script, a style sheet, a font, an image or a favicon.
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
+
+_CSS = """
+:root { --fg: #1d2330; --muted: #5b6475; --line: #d9dde5; --bg: #ffffff; --panel: #f5f7fa; --accent: #1f5fa8; }
+* { box-sizing: border-box; }
+body { margin: 0 auto; max-width: 1320px; padding: 20px 24px 48px; color: var(--fg); background: var(--bg);
+       font: 14px/1.45 system-ui, "DejaVu Sans", "Liberation Sans", Arial, sans-serif; }
+h1 { font-size: 22px; margin: 0 0 4px; word-break: break-all; }
+h2 { font-size: 17px; margin: 28px 0 8px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
+p.meta, .muted { color: var(--muted); }
+p.meta { margin: 0 0 16px; }
+a { color: var(--accent); }
+code, .mono { font-family: "DejaVu Sans Mono", "Liberation Mono", monospace; font-size: 12px; }
+code.digest { word-break: break-all; }
+table { border-collapse: collapse; margin: 4px 0 8px; }
+th, td { padding: 4px 9px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: middle; }
+thead th { background: var(--panel); font-weight: 600; white-space: nowrap; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.final td { font-weight: 600; }
+.cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 8px 0 4px; }
+.card { background: var(--panel); border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px;
+        min-width: 150px; }
+.card .label { color: var(--muted); font-size: 12px; }
+.card .value { font-size: 22px; font-weight: 600; font-variant-numeric: tabular-nums; }
+.plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(440px, 1fr)); gap: 16px; }
+svg.plot { width: 100%; height: auto; display: block; font-family: system-ui, "DejaVu Sans", sans-serif; }
+svg.plot text { fill: var(--fg); }
+.badge { display: inline-block; padding: 2px 10px; border-radius: 10px; font-weight: 600; color: #fff; }
+.badge.ok { background: #2e7d32; } .badge.bad { background: #c62828; }
+.bar { height: 10px; background: #6d9ed8; border-radius: 2px; min-width: 1px; }
+td.barcell { width: 220px; }
+table.confusion td { text-align: right; min-width: 44px; font-variant-numeric: tabular-nums; border: 1px solid #fff; }
+table.confusion th.pred { writing-mode: vertical-rl; transform: rotate(180deg); text-align: left;
+                          font-weight: 500; font-size: 12px; padding: 6px 2px; vertical-align: bottom; }
+table.confusion th.true { font-weight: 500; font-size: 12px; white-space: nowrap; }
+table.confusion th.corner { font-size: 12px; color: var(--muted); vertical-align: bottom; }
+.scroll { overflow-x: auto; }
+table.sortable th[data-type] { cursor: pointer; user-select: none; }
+table.sortable th[data-type] button { all: unset; cursor: pointer; }
+table.sortable th[data-type]::after { content: " \\2195"; color: #9aa3b2; }
+table.sortable th[aria-sort=ascending]::after { content: " \\25B2"; color: var(--fg); }
+table.sortable th[aria-sort=descending]::after { content: " \\25BC"; color: var(--fg); }
+ul.legend { list-style: none; padding: 0; margin: 6px 0; display: flex; flex-wrap: wrap; gap: 4px 16px;
+            font-size: 12px; }
+ul.legend .swatch { display: inline-block; width: 24px; height: 6px; vertical-align: middle; margin-right: 6px; }
+table.runs { font-size: 13px; }
+table.runs th, table.runs td { padding: 4px 6px; }
+table.runs td { white-space: nowrap; }
+table.runs td[data-key=finished_at] { white-space: normal; }
+.nw { white-space: nowrap; }
+table.runs thead th { white-space: normal; vertical-align: bottom; min-width: 3.5em; }
+table.runs thead th[data-key=best_test_accuracy] { min-width: 9em; }
+.note { background: #fff8e1; border: 1px solid #f3d98b; border-radius: 6px; padding: 8px 12px; }
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+def _esc(value):
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _exact(value):
+    """The machine-readable form of a value for a data-value attribute ('' for None)."""
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return repr(float(value))
+    return str(value)
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _fixed(value, digits=4):
+    if not _is_number(value):
+        return "—"
+    return f"{float(value):.{digits}f}"
+
+
+def _sci(value):
+    return f"{float(value):.2e}" if _is_number(value) else "—"
+
+
+def _epoch_text(value):
+    if not _is_number(value):
+        return "—"
+    value = float(value)
+    return f"{value:.0f}" if value == int(value) else f"{value:.2f}"
+
+
+def _td(value, text=None, key=None, cls="num", extra=""):
+    """A cell showing `text` (default: the value) that keeps the exact value in data-value."""
+    shown = _esc(value) if text is None else text
+    key_attr = f' data-key="{_esc(key)}"' if key is not None else ""
+    cls_attr = f' class="{cls}"' if cls else ""
+    return f'<td{cls_attr}{key_attr} data-value="{_esc(_exact(value))}"{extra}>{shown}</td>'
+
+
+def _json_script(element_id, data):
+    """A <script type="application/json"> block; '<' is escaped so the text cannot close the tag."""
+    text = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
+    return f'<script type="application/json" id="{_esc(element_id)}">{text}</script>'
+
+
+def _page(title, body, script=""):
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n"
+            f"{script}</body>\n</html>\n")
+
+
+def _timestamp(text):
+    """Seconds since the epoch of an ISO 8601 date-time (naive ones taken as UTC), or None."""
+    try:
+        moment = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+def _finite(value):
+    return _is_number(value) and math.isfinite(float(value))
+
+
+# ---------------------------------------------------------------------------------------------
+# the SVG line plot
+
+def _nice_step(span, count):
+    raw = span / max(count, 1)
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    for multiple in (1, 2, 2.5, 5, 10):
+        if raw <= multiple * magnitude * (1 + 1e-9):
+            return multiple * magnitude
+    return 10 * magnitude
+
+
+def _fit_range(values, bounds=None, count=5):
+    """A range a little wider than the values', on round numbers, kept inside `bounds`."""
+    values = [float(v) for v in values if _finite(v)]
+    if not values:
+        return (0.0, 1.0)
+    low, high = min(values), max(values)
+    if high == low:
+        pad = abs(low) * 0.05 or 0.5
+        low, high = low - pad, high + pad
+    else:
+        pad = (high - low) * 0.06
+        low, high = low - pad, high + pad
+    step = _nice_step(high - low, count)
+    low, high = math.floor(low / step + 1e-9) * step, math.ceil(high / step - 1e-9) * step
+    if bounds:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return low, high
+
+
+def _ticks(low, high, count):
+    step = _nice_step(high - low, count)
+    first = math.ceil(low / step - 1e-9)
+    ticks = []
+    k = first
+    while k * step <= high + step * 1e-9:
+        ticks.append(k * step)
+        k += 1
+    return ticks, step
+
+
+def _tick_label(value, step):
+    if abs(value) < step * 1e-9:
+        value = 0.0
+    if step >= 1 and abs(value) >= 10000:
+        return f"{value / 1000:g}k"
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    if round(step / 10.0 ** -decimals, 6) % 1:  # a step like 0.25 needs one more digit
+        decimals += 1
+    return f"{value:.{decimals}f}"
+
+
+def _text_width(text, size=12):
+    return 0.62 * size * len(text)
+
+
+def line_plot(series, *, title, x_label, y_label, plot_id, x_range=None, y_range=None, y_bounds=None,
+              width=640, height=300, markers=None) -> str:
+    """An <svg> line plot: title, axes with ticks and labels, grid, and a legend below.
+
+    series: [{"label": str, "points": [(x, y), ...], "color": optional css colour,
+    "dash": optional stroke-dasharray, "band": optional [(x, low, high), ...] drawn shaded}].
+    Ranges default to the data's, padded to round numbers (y kept inside y_bounds if given).
+    Lines are <polyline class="line"> in <g class="series">; the svg's data-* attributes give
+    the data-to-pixel mapping, so a script can add lines of its own. `plot_id` becomes the
+    svg's id (and names its clip path). markers: dots at the points (default: 30 points or fewer).
+    """
+    series = [s for s in series if s.get("points") or s.get("band")]
+    xs = [p[0] for s in series for p in s.get("points", ())] + [b[0] for s in series for b in s.get("band", ())]
+    ys = [p[1] for s in series for p in s.get("points", ())]
+    ys += [v for s in series for b in s.get("band", ()) for v in b[1:]]
+    finite_xs = [float(x) for x in xs if _finite(x)]
+    if x_range:
+        x0, x1 = x_range
+    elif finite_xs:  # x spans the data exactly, with no padding
+        x0, x1 = min(finite_xs), max(finite_xs)
+    else:
+        x0, x1 = 0.0, 1.0
+    if x1 <= x0:
+        x0, x1 = x0 - 0.5, x0 + 0.5
+    y0, y1 = y_range if y_range else _fit_range(ys, y_bounds)
+    if y1 <= y0:
+        y1 = y0 + 1.0
+
+    left, right, top = 64, 18, 34
+    plot_w, plot_h = width - left - right, height - top - 48
+    # the legend: entries flow left to right and wrap
+    entries, row, cursor = [], 0, left
+    for index, s in enumerate(series):
+        label = str(s.get("label", ""))
+        entry_w = 34 + _text_width(label)
+        if cursor + entry_w > width - right and cursor > left:
+            row, cursor = row + 1, left
+        entries.append((cursor, row, index, label))
+        cursor += entry_w + 14
+    legend_h = (row + 1) * 18 + 6 if series else 0
+    total_h = height + legend_h
+
+    def px(x):
+        return left + (float(x) - x0) / (x1 - x0) * plot_w
+
+    def py(y):
+        return top + plot_h - (float(y) - y0) / (y1 - y0) * plot_h
+
+    def color(index):
+        return series[index].get("color") or PALETTE[index % len(PALETTE)]
+
+    def dash(index):
+        d = series[index].get("dash", DASHES[(index // len(PALETTE)) % len(DASHES)])
+        return f' stroke-dasharray="{d}"' if d else ""
+
+    clip = f"{plot_id}-clip"
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" id="{_esc(plot_id)}" '
+           f'viewBox="0 0 {width} {total_h}" role="img" aria-label="{_esc(title)}" '
+           f'data-x-min="{x0!r}" data-x-max="{x1!r}" data-y-min="{y0!r}" data-y-max="{y1!r}" '
+           f'data-left="{left}" data-top="{top}" data-width="{plot_w}" data-height="{plot_h}" '
+           f'style="max-width:{width}px">',
+           f"<title>{_esc(title)}</title>",
+           f'<defs><clipPath id="{_esc(clip)}"><rect x="{left - 4}" y="{top - 4}" width="{plot_w + 8}" '
+           f'height="{plot_h + 8}"/></clipPath></defs>',
+           f'<text x="{left + plot_w / 2:.1f}" y="20" text-anchor="middle" font-size="14" '
+           f'font-weight="600">{_esc(title)}</text>']
+    y_ticks, y_step = _ticks(y0, y1, 5)
+    for t in y_ticks:
+        y = py(t)
+        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e6ec"/>'
+                   f'<text x="{left - 7}" y="{y + 4:.1f}" text-anchor="end" font-size="11">'
+                   f'{_tick_label(t, y_step)}</text>')
+    x_ticks, x_step = _ticks(x0, x1, max(2, min(8, plot_w // 70)))
+    for t in x_ticks:
+        x = px(t)
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top + plot_h}" y2="{top + plot_h + 5}" stroke="#555"/>'
+                   f'<text x="{x:.1f}" y="{top + plot_h + 18}" text-anchor="middle" font-size="11">'
+                   f'{_tick_label(t, x_step)}</text>')
+    out.append(f'<path d="M{left} {top}V{top + plot_h}H{left + plot_w}" fill="none" stroke="#555"/>')
+    out.append(f'<text x="{left + plot_w / 2:.1f}" y="{top + plot_h + 38}" text-anchor="middle" '
+               f'font-size="12">{_esc(x_label)}</text>')
+    out.append(f'<text transform="translate(15 {top + plot_h / 2:.1f}) rotate(-90)" text-anchor="middle" '
+               f'font-size="12">{_esc(y_label)}</text>')
+    out.append(f'<g class="series" clip-path="url(#{_esc(clip)})">')
+    for index, s in enumerate(series):
+        band = [b for b in s.get("band", ()) if all(_finite(v) for v in b)]
+        if band:
+            upper = " ".join(f"{px(x):.1f},{py(hi):.1f}" for x, lo, hi in band)
+            lower = " ".join(f"{px(x):.1f},{py(lo):.1f}" for x, lo, hi in reversed(band))
+            out.append(f'<polygon class="band" points="{upper} {lower}" fill="{color(index)}" '
+                       f'fill-opacity="0.18" stroke="none"/>')
+        points = [(x, y) for x, y in s.get("points", ()) if _finite(x) and _finite(y)]
+        if points:
+            coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in points)
+            out.append(f'<polyline class="line" data-label="{_esc(s.get("label", ""))}" points="{coords}" '
+                       f'fill="none" stroke="{color(index)}" stroke-width="2" stroke-linejoin="round"'
+                       f'{dash(index)}/>')
+            if markers if markers is not None else len(points) <= 30:
+                out.append("".join(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.6" fill="{color(index)}"/>'
+                                   for x, y in points))
+    out.append("</g>")
+    if not series:
+        out.append(f'<text class="empty" x="{left + plot_w / 2:.1f}" y="{top + plot_h / 2:.1f}" '
+                   f'text-anchor="middle" font-size="12" fill="#888">no data</text>')
+    for x, row, index, label in entries:
+        y = height + 6 + row * 18
+        out.append(f'<g class="legend-entry"><line x1="{x:.1f}" x2="{x + 24:.1f}" y1="{y:.1f}" y2="{y:.1f}" '
+                   f'stroke="{color(index)}" stroke-width="2.5"{dash(index)}/>'
+                   f'<text x="{x + 30:.1f}" y="{y + 4:.1f}" font-size="12">{_esc(label)}</text></g>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# one run
+
+def _class_names(report):
+    names = report.get("class_names") or []
+    count = len(report.get("confusion_matrix") or []) or len(report.get("per_class_accuracy") or []) or len(names)
+    return [str(names[k]) if k < len(names) else str(k) for k in range(max(count, len(names)))]
+
+
+def _minibatch_series(losses):
+    """Mean, min and max of the mini-batch loss over at most MINIBATCH_BINS bins of iterations."""
+    losses = np.asarray(losses if losses is not None else [], dtype=np.float64)
+    if losses.size == 0:
+        return []
+    iterations = np.arange(1, losses.size + 1, dtype=np.float64)
+    bins = min(MINIBATCH_BINS, losses.size)
+    points, band = [], []
+    for chunk_x, chunk in zip(np.array_split(iterations, bins), np.array_split(losses, bins)):
+        finite = chunk[np.isfinite(chunk)]
+        if finite.size == 0:
+            continue
+        x = float(chunk_x.mean())
+        points.append((x, float(finite.mean())))
+        band.append((x, float(finite.min()), float(finite.max())))
+    if bins == losses.size:
+        return [{"label": "mini-batch loss", "points": points, "color": PALETTE[0]}]
+    per_bin = losses.size // bins
+    about = "" if losses.size % bins == 0 else "about "
+    return [{"label": f"mean of each {about}{per_bin} iterations (band: lowest to highest)", "points": points,
+             "band": band, "color": PALETTE[0]}]
+
+
+def _card(element_id, label, value, text):
+    return (f'<div class="card"><div class="label">{_esc(label)}</div>'
+            f'<div class="value" id="{_esc(element_id)}" data-value="{_esc(_exact(value))}">{text}</div></div>')
+
+
+def _epochs_section(report):
+    epochs = report.get("epochs") or []
+    final = report.get("final") or (epochs[-1] if epochs else {})
+    cards = "".join(_card(f"final-{key}", label, final.get(key), _fixed(final.get(key)))
+                    for key, label in (("test_accuracy", "final test accuracy"),
+                                       ("train_accuracy", "final train accuracy"),
+                                       ("test_loss", "final test loss"), ("train_loss", "final train loss")))
+    cards += _card("final-epoch", "epochs trained", final.get("epoch"), _epoch_text(final.get("epoch")))
+    cards += _card("final-iteration", "iterations", final.get("iteration"), _esc(final.get("iteration", "—")))
+
+    def curve(key):
+        return [(row.get("epoch"), row.get(key)) for row in epochs]
+
+    accuracy = line_plot([{"label": "train", "points": curve("train_accuracy")},
+                          {"label": "test", "points": curve("test_accuracy")}],
+                         title="Accuracy per epoch", x_label="epoch", y_label="accuracy", plot_id="accuracy-plot",
+                         y_bounds=(0.0, 1.0), width=560, height=300)
+    loss = line_plot([{"label": "train", "points": curve("train_loss")},
+                      {"label": "test", "points": curve("test_loss")}],
+                     title="Loss per epoch (cross-entropy)", x_label="epoch", y_label="loss", plot_id="loss-plot",
+                     y_bounds=(0.0, math.inf), width=560, height=300)
+    rows = []
+    for index, row in enumerate(epochs):
+        cls = ' class="final"' if index == len(epochs) - 1 else ""
+        rows.append(f"<tr{cls}>" + _td(row.get("epoch"), _epoch_text(row.get("epoch")), "epoch")
+                    + _td(row.get("iteration"), None, "iteration")
+                    + "".join(_td(row.get(key), _fixed(row.get(key)), key)
+                              for key in ("train_accuracy", "test_accuracy", "train_loss", "test_loss"))
+                    + "</tr>")
+    table = ('<table id="epochs"><thead><tr><th class="num">epoch</th><th class="num">iteration</th>'
+             '<th class="num">train accuracy</th><th class="num">test accuracy</th>'
+             '<th class="num">train loss</th><th class="num">test loss</th></tr></thead>'
+             f'<tbody>{"".join(rows)}</tbody></table>'
+             '<p class="muted">The last row is the final model. Accuracy and loss over the whole training '
+             'and test sets, at each evaluated checkpoint.</p>')
+    return (f'<div class="cards">{cards}</div><h2>Accuracy and loss per epoch</h2>'
+            f'<div class="plots"><div>{accuracy}</div><div>{loss}</div></div>{table}')
+
+
+def _minibatch_section(report):
+    losses = report.get("minibatch_loss")
+    count = 0 if losses is None else len(losses)
+    plot = line_plot(_minibatch_series(losses), title="Mini-batch loss during training", x_label="iteration",
+                     y_label="loss", plot_id="minibatch-plot", y_bounds=(0.0, math.inf), width=1000, height=300,
+                     x_range=(0, count) if count else None, markers=False)
+    note = (f'<p class="muted" id="minibatch-count" data-value="{count}">{count} iterations')
+    if count > MINIBATCH_BINS:
+        note += (f"; the line is the mean loss of each of {MINIBATCH_BINS} runs of consecutive iterations "
+                 "and the shaded band their lowest and highest loss")
+    return f"<h2>Mini-batch loss</h2>{plot}{note}.</p>"
+
+
+def _heat(fraction, diagonal):
+    """Background and text colour of a confusion cell holding `fraction` of its true class."""
+    if fraction <= 0:
+        return "#ffffff", "#9aa3b2"
+    strength = fraction if diagonal else min(1.0, math.sqrt(fraction) * 1.3)
+    if diagonal:
+        light = 96 - 58 * strength
+        background = f"hsl(212, 62%, {light:.0f}%)"
+    else:
+        light = 96 - 46 * strength
+        background = f"hsl(4, 72%, {light:.0f}%)"
+    return background, ("#ffffff" if light < 60 else "#1d2330")
+
+
+def _confusion_section(report):
+    matrix = report.get("confusion_matrix")
+    names = _class_names(report)
+    accuracy = report.get("per_class_accuracy") or []
+    if not matrix:
+        return "<h2>Confusion matrix</h2><p class=\"muted\">not recorded</p>"
+    heads = "".join(f'<th class="pred" scope="col" title="predicted {_esc(names[k])}">{_esc(names[k])}</th>'
+                    for k in range(len(matrix[0])))
+    rows = []
+    for i, counts in enumerate(matrix):
+        total = sum(int(c) for c in counts)
+        cells = []
+        for j, count in enumerate(counts):
+            background, colour = _heat(int(count) / total if total else 0.0, i == j)
+            cells.append(f'<td data-row="{i}" data-col="{j}" data-value="{int(count)}" '
+                         f'style="background:{background};color:{colour}" '
+                         f'title="true {_esc(names[i])}, predicted {_esc(names[j])}: {int(count)}">{int(count)}</td>')
+        rows.append(f'<tr><th class="true" scope="row">{_esc(names[i])}</th>{"".join(cells)}'
+                    f'<td class="num" data-key="total" data-value="{total}" style="color:#5b6475">{total}</td></tr>')
+    confusion = ('<div class="scroll"><table class="confusion" id="confusion"><thead><tr>'
+                 '<th class="corner">true ↓ · predicted →</th>'
+                 f'{heads}<th class="pred">total</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+                 '<p class="muted">Test set. Rows: true class; columns: predicted class. Blue: correct, '
+                 'red: mistakes; the darker, the larger the share of the row.</p>')
+    per_class = []
+    for k, name in enumerate(names):
+        value = accuracy[k] if k < len(accuracy) else None
+        samples = sum(int(c) for c in matrix[k]) if k < len(matrix) else None
+        text = _fixed(value) if value is not None else "no samples"
+        width = f"{100 * float(value):.1f}" if _finite(value) else "0"
+        per_class.append(f'<tr><td data-key="class" data-value="{_esc(name)}">{_esc(name)}</td>'
+                         + _td(value, text, "accuracy") + _td(samples, None, "samples")
+                         + f'<td class="barcell"><div class="bar" style="width:{width}%"></div></td></tr>')
+    per_class_table = ('<table id="per-class"><thead><tr><th>class</th><th class="num">accuracy</th>'
+                       '<th class="num">test samples</th><th></th></tr></thead>'
+                       f'<tbody>{"".join(per_class)}</tbody></table>'
+                       '<p class="muted">Accuracy of a class: the share of its test images predicted as it '
+                       '(recall).</p>')
+    return f"<h2>Confusion matrix</h2>{confusion}<h2>Accuracy per class</h2>{per_class_table}"
+
+
+def _gradient_section(report):
+    check = report.get("gradient_check")
+    if not check:
+        return '<h2>Gradient check</h2><p class="muted" id="gradient-check">not recorded</p>'
+    passed = bool(check.get("passed"))
+    badge = (f'<span class="badge {"ok" if passed else "bad"}" id="gradient-passed" '
+             f'data-value="{_exact(passed)}">{"passed" if passed else "FAILED"}</span>')
+    worst, tolerance = check.get("worst_relative_error"), check.get("tolerance")
+    rows = []
+    for name, entry in (check.get("parameters") or {}).items():
+        rows.append(f'<tr><td data-key="parameter" data-value="{_esc(name)}">{_esc(name)}</td>'
+                    + _td(entry.get("relative_error"), _sci(entry.get("relative_error")), "relative_error")
+                    + _td(entry.get("entries_checked"), None, "entries_checked")
+                    + _td(entry.get("entries_total"), None, "entries_total") + "</tr>")
+    return ('<h2>Gradient check</h2>'
+            f'<p id="gradient-check">{badge} worst relative error '
+            f'<span id="gradient-worst" data-value="{_esc(_exact(worst))}">{_sci(worst)}</span>, tolerance '
+            f'<span id="gradient-tolerance" data-value="{_esc(_exact(tolerance))}">{_sci(tolerance)}</span></p>'
+            '<table id="gradient-parameters"><thead><tr><th>parameter</th><th class="num">relative error</th>'
+            '<th class="num">entries checked</th><th class="num">entries in all</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>'
+            '<p class="muted">Backpropagation against the numerical gradient (central differences) '
+            'on a sample of each parameter\'s entries.</p>')
+
+
+def _hyperparameter_section(report):
+    params = report.get("hyperparameters") or {}
+    rows = "".join(f'<tr><th scope="row">{_esc(key)}</th>'
+                   f'<td class="mono" data-key="{_esc(key)}" data-value="{_esc(json.dumps(value))}">'
+                   f'{_esc(value)}</td></tr>' for key, value in params.items())
+    return f'<h2>Hyperparameters</h2><table id="hyperparameters"><tbody>{rows}</tbody></table>'
+
+
+def _digest_section(report):
+    digests = report.get("digests") or {}
+    rows = [f'<tr><th scope="row">data: {_esc(name)}</th><td data-key="{_esc(name)}" data-value="{_esc(value)}">'
+            f'<code class="digest">{_esc(value)}</code></td></tr>'
+            for name, value in (digests.get("data") or {}).items()]
+    if digests.get("model"):
+        rows.append(f'<tr><th scope="row">model (final weights)</th><td data-key="model" '
+                    f'data-value="{_esc(digests["model"])}">'
+                    f'<code class="digest">{_esc(digests["model"])}</code></td></tr>')
+    body = "".join(rows) or '<tr><td class="muted">not recorded</td></tr>'
+    checkpoints = report.get("checkpoints") or []
+    rows = "".join("<tr>" + _td(c.get("file"), f'<code>{_esc(c.get("file"))}</code>', "file", cls="")
+                   + _td(c.get("iteration"), None, "iteration")
+                   + _td(c.get("epoch"), _epoch_text(c.get("epoch")), "epoch")
+                   + _td(c.get("sha256"), f'<code class="digest">{_esc(c.get("sha256"))}</code>', "sha256", cls="")
+                   + "</tr>" for c in checkpoints)
+    table = ('<table id="checkpoints"><thead><tr><th>file</th><th class="num">iteration</th><th class="num">epoch</th>'
+             f'<th>SHA-256</th></tr></thead><tbody>{rows}</tbody></table>' if checkpoints
+             else '<p class="muted" id="checkpoints">no checkpoints recorded</p>')
+    return (f'<h2>Digests (SHA-256)</h2><table id="digests"><tbody>{body}</tbody></table>'
+            f'<h2>Checkpoints</h2>{table}')
+
+
+def _stage_section(report):
+    seconds = report.get("stage_seconds") or {}
+    names = list(STAGES) + [name for name in seconds if name not in STAGES]
+    longest = max([float(v) for v in seconds.values() if _finite(v)] or [0.0])
+    rows = []
+    for name in names:
+        value = seconds.get(name)
+        if _finite(value):
+            width = 100 * float(value) / longest if longest > 0 else 0
+            rows.append(f'<tr><th scope="row">{_esc(name)}</th>' + _td(value, f"{float(value):.2f} s", name)
+                        + f'<td class="barcell"><div class="bar" style="width:{width:.1f}%"></div></td></tr>')
+        else:
+            rows.append(f'<tr><th scope="row">{_esc(name)}</th><td class="num muted" data-key="{_esc(name)}" '
+                        'data-value="">cached</td><td class="barcell"></td></tr>')
+    total = sum(float(v) for v in seconds.values() if _finite(v))
+    rows.append('<tr class="final"><th scope="row">total</th>' + _td(total, f"{total:.2f} s", "total")
+                + "<td></td></tr>")
+    return ('<h2>Time per stage</h2><table id="stages"><tbody>' + "".join(rows) + "</tbody></table>"
+            '<p class="muted">Wall-clock seconds of each pipeline task in the run that wrote this report; '
+            '"cached": its output already existed, so it did not run.</p>')
+
+
+def run_page(report: dict) -> str:
+    """The HTML page of one run's report dict (run_id, dataset, class_names, hyperparameters,
+    epochs, final, minibatch_loss, confusion_matrix, per_class_accuracy, gradient_check,
+    digests, checkpoints, stage_seconds, created_at, package_version; missing parts show as
+    'not recorded'). Self-contained, no script; the mini-batch loss is binned, so the page
+    stays small however many iterations ran."""
+    run_id = report.get("run_id", "run")
+    meta = " · ".join(_esc(part) for part in (
+        f"dataset {report.get('dataset', '?')}", f"created {report.get('created_at', '?')}",
+        f"mnist-pipeline {report.get('package_version', '?')}"))
+    body = (f'<h1 id="run-id" data-value="{_esc(run_id)}">{_esc(run_id)}</h1><p class="meta">{meta}</p>'
+            + _epochs_section(report) + _minibatch_section(report) + _confusion_section(report)
+            + _gradient_section(report) + _hyperparameter_section(report) + _digest_section(report)
+            + _stage_section(report))
+    return _page(f"{run_id} — mnist-pipeline run", body)
+
+
+# ---------------------------------------------------------------------------------------------
+# tables of runs: the index and a sweep
+
+_RUN_COLUMNS = (  # key, header, sort type
+    ("run_id", "run", "text"), ("dataset", "dataset", "text"), ("hidden_size", "hidden", "number"),
+    ("batch_size", "batch", "number"), ("learning_rate", "learning rate", "number"),
+    ("iterations", "iterations", "number"), ("seed", "seed", "number"), ("dtype", "dtype", "text"),
+    ("sampling", "sampling", "text"), ("final_train_accuracy", "final train accuracy", "number"),
+    ("final_test_accuracy", "final test accuracy", "number"), ("finished_at", "finished (UTC)", "number"))
+BEST_COLUMN = "best test accuracy (epoch; chosen on the test set)"
+
+_SCRIPT = r"""<script>
+(function () {
+  "use strict";
+  var NS = "http://www.w3.org/2000/svg";
+  var each = function (list, fn) { Array.prototype.forEach.call(list, fn); };
+
+  // Sort a table by the column whose header is clicked: numbers first high-to-low, text A to Z;
+  // clicking again reverses. Empty cells stay last.
+  each(document.querySelectorAll("table.sortable"), function (table) {
+    var heads = table.tHead.rows[0].cells;
+    each(heads, function (th, column) {
+      if (!th.hasAttribute("data-type")) return;
+      th.addEventListener("click", function () {
+        var numeric = th.getAttribute("data-type") === "number";
+        var now = th.getAttribute("aria-sort");
+        var dir = now === "descending" ? "ascending" : now === "ascending" ? "descending"
+                : numeric ? "descending" : "ascending";
+        each(heads, function (other) { if (other.hasAttribute("data-type")) other.setAttribute("aria-sort", "none"); });
+        th.setAttribute("aria-sort", dir);
+        var sign = dir === "ascending" ? 1 : -1;
+        var body = table.tBodies[0];
+        var keyed = Array.prototype.map.call(body.rows, function (row, i) {
+          var text = row.cells[column].getAttribute("data-value") || "";
+          return { key: numeric ? (text === "" ? NaN : parseFloat(text)) : text, index: i, row: row };
+        });
+        keyed.sort(function (a, b) {
+          if (numeric) {
+            var an = isNaN(a.key), bn = isNaN(b.key);
+            if (an || bn) return an === bn ? a.index - b.index : (an ? 1 : -1);
+            if (a.key !== b.key) return sign * (a.key - b.key);
+          } else {
+            var c = a.key.localeCompare(b.key, undefined, { numeric: true });
+            if (c) return sign * c;
+          }
+          return a.index - b.index;
+        });
+        each(keyed, function (entry) { body.appendChild(entry.row); });
+      });
+    });
+  });
+
+  // The comparison plot: the test-accuracy curves of the runs whose boxes are ticked.
+  var source = document.getElementById("curves");
+  var svg = document.getElementById("compare-plot");
+  if (!source || !svg) return;
+  var data = JSON.parse(source.textContent);
+  var group = svg.querySelector("g.series");
+  var legend = document.getElementById("compare-legend");
+  var hint = document.getElementById("compare-hint");
+  var d = svg.dataset;
+  var x0 = +d.xMin, x1 = +d.xMax, y0 = +d.yMin, y1 = +d.yMax;
+  var left = +d.left, top = +d.top, width = +d.width, height = +d.height;
+  function px(x) { return (left + (x - x0) / (x1 - x0) * width).toFixed(1); }
+  function py(y) { return (top + height - (y - y0) / (y1 - y0) * height).toFixed(1); }
+  function draw() {
+    var chosen = Array.prototype.filter.call(document.querySelectorAll("input.choose"),
+                                             function (box) { return box.checked; });
+    chosen.sort(function (a, b) { return a.getAttribute("data-run") - b.getAttribute("data-run"); });
+    while (group.firstChild) group.removeChild(group.firstChild);
+    legend.textContent = "";
+    if (chosen.length < 2) {
+      hint.textContent = chosen.length ? "Choose one more run to compare."
+                                       : "Tick two or more runs in the table to compare their test accuracy.";
+      return;
+    }
+    hint.textContent = chosen.length + " runs compared.";
+    each(chosen, function (box, k) {
+      var run = data.runs[+box.getAttribute("data-run")];
+      var colour = data.palette[k % data.palette.length];
+      var dash = data.dashes[Math.floor(k / data.palette.length) % data.dashes.length];
+      var line = document.createElementNS(NS, "polyline");
+      line.setAttribute("class", "line");
+      line.setAttribute("data-run", run.id);
+      line.setAttribute("points", run.curve.map(function (p) { return px(p[0]) + "," + py(p[1]); }).join(" "));
+      line.setAttribute("fill", "none");
+      line.setAttribute("stroke", colour);
+      line.setAttribute("stroke-width", "2");
+      if (dash) line.setAttribute("stroke-dasharray", dash);
+      group.appendChild(line);
+      var item = document.createElement("li");
+      var swatch = document.createElementNS(NS, "svg");
+      swatch.setAttribute("class", "swatch");
+      swatch.setAttribute("viewBox", "0 0 24 6");
+      var sample = document.createElementNS(NS, "line");
+      [["x1", 0], ["x2", 24], ["y1", 3], ["y2", 3], ["stroke", colour], ["stroke-width", 2.5]].forEach(function (a) {
+        sample.setAttribute(a[0], a[1]);
+      });
+      if (dash) sample.setAttribute("stroke-dasharray", dash);
+      swatch.appendChild(sample);
+      item.appendChild(swatch);
+      item.appendChild(document.createTextNode(run.id));
+      legend.appendChild(item);
+    });
+  }
+  each(document.querySelectorAll("input.choose"), function (box) { box.addEventListener("change", draw); });
+  window.addEventListener("pageshow", draw);
+  draw();
+})();
+</script>
+"""
+
+
+def _time_text(text):
+    moment = _timestamp(text)
+    if moment is None:
+        return _esc(text if text else "—")
+    utc = datetime.datetime.fromtimestamp(moment, datetime.timezone.utc)
+    return (f'<span title="{_esc(text)}"><span class="nw">{utc:%Y-%m-%d}</span> '
+            f'<span class="nw">{utc:%H:%M}</span></span>')
+
+
+def _safe_href(href):
+    href = str(href or "")
+    return "" if href.strip().lower().startswith(("javascript:", "data:", "vbscript:")) else href
+
+
+def _best(curve):
+    """(test accuracy, epoch) of the curve's highest point (the earliest of equals), or (None, None)."""
+    points = [(float(a), float(e)) for e, a in (curve or []) if _finite(a) and _finite(e)]
+    if not points:
+        return None, None
+    accuracy = max(a for a, _ in points)
+    return accuracy, next(e for a, e in points if a == accuracy)
+
+
+def _run_cell(key, row):
+    value = row.get(key)
+    if key == "run_id":
+        href = _safe_href(row.get("href"))
+        text = f'<a href="{_esc(href)}">{_esc(value)}</a>' if href else _esc(value)
+        return _td(value, text, key, cls="mono")
+    if key == "finished_at":
+        return _td(_timestamp(value), _time_text(value), key, extra=f' data-text="{_esc(value)}"')
+    if key in ("final_train_accuracy", "final_test_accuracy"):
+        return _td(value, _fixed(value), key)
+    if key == "learning_rate":
+        return _td(value, _esc(f"{float(value):g}") if _is_number(value) else "—", key)
+    return _td(value, None, key, cls="num" if _is_number(value) else "")
+
+
+def _runs_table(runs, *, choose=False, best=False, rank=False):
+    heads = []
+    if rank:
+        heads.append('<th class="num">#</th>')
+    if choose:
+        heads.append('<th title="tick to compare">compare</th>')
+    columns = list(_RUN_COLUMNS)
+    for key, header, kind in columns:
+        cls = ' class="num"' if kind == "number" and key != "run_id" else ""
+        heads.append(f'<th{cls} data-key="{key}" data-type="{kind}" aria-sort="none" scope="col">'
+                     f'<button type="button">{_esc(header)}</button></th>')
+        if best and key == "final_test_accuracy":
+            heads.append(f'<th class="num" data-key="best_test_accuracy" data-type="number" aria-sort="none" '
+                         f'scope="col"><button type="button">{_esc(BEST_COLUMN)}</button></th>')
+    rows = []
+    for index, (position, row) in enumerate(runs):
+        cells = []
+        if rank:
+            cells.append(_td(index + 1, None, "rank"))
+        if choose:
+            cells.append(f'<td><input type="checkbox" class="choose" data-run="{position}" '
+                         f'aria-label="compare {_esc(row.get("run_id"))}"></td>')
+        for key, _, _ in columns:
+            cells.append(_run_cell(key, row))
+            if best and key == "final_test_accuracy":
+                accuracy, epoch = _best(row.get("curve"))
+                text = f"{_fixed(accuracy)} ({_epoch_text(epoch)})" if accuracy is not None else "—"
+                cells.append(_td(accuracy, text, "best_test_accuracy", extra=f' data-epoch="{_esc(_exact(epoch))}"'))
+        rows.append(f'<tr data-run="{position}">{"".join(cells)}</tr>')
+    return ('<div class="scroll"><table class="sortable runs" id="runs"><thead><tr>' + "".join(heads)
+            + f'</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def _accuracy_range(curves):
+    """The y range of test-accuracy curves: fitted to the points after epoch 0 (the untrained
+    start, near chance, would squeeze the differences that matter), and whether a point lies below it."""
+    trained = [a for curve in curves for e, a in curve if e > 0]
+    everything = [a for curve in curves for _, a in curve]
+    low, high = _fit_range(trained or everything, (0.0, 1.0))
+    return (low, high), any(a < low for a in everything)
+
+
+def _below_note(below):
+    return ('<p class="muted">The y axis fits the test accuracy after training began; the untrained start '
+            '(epoch 0) lies below it.</p>' if below else "")
+
+
+def _curve(row):
+    return [[float(e), float(a)] for e, a in (row.get("curve") or []) if _finite(e) and _finite(a)]
+
+
+def index_page(runs: list) -> str:
+    """The page listing every run: one row per dict (run_id, dataset, hidden_size, batch_size,
+    learning_rate, iterations, seed, dtype, sampling, final_train_accuracy,
+    final_test_accuracy, finished_at, href: the run's page, relative; curve: [[epoch,
+    test_accuracy], ...]). Clicking a column's header sorts by it; ticking two or more rows
+    draws their test-accuracy curves on one plot (a small script, curves embedded as JSON)."""
+    runs = list(runs)
+    curves = [_curve(row) for row in runs]
+    epochs = [e for curve in curves for e, _ in curve]
+    x_range = (min(epochs + [0.0]), max(epochs)) if epochs else (0.0, 1.0)
+    y_range, below = _accuracy_range(curves)
+    plot = line_plot([], title="Test accuracy of the chosen runs", x_label="epoch", y_label="test accuracy",
+                     plot_id="compare-plot", x_range=x_range, y_range=y_range, width=900, height=340)
+    plot = plot.replace('<text class="empty"', '<text class="empty" visibility="hidden"')
+    data = {"runs": [{"id": str(row.get("run_id")), "curve": curve} for row, curve in zip(runs, curves)],
+            "palette": list(PALETTE), "dashes": list(DASHES)}
+    body = ('<h1>mnist-pipeline runs</h1>'
+            f'<p class="meta" id="run-count" data-value="{len(runs)}">{len(runs)} run{"s" if len(runs) != 1 else ""}. '
+            'Click a column\'s header to sort by it; tick runs to compare them below.</p>'
+            + _runs_table(list(enumerate(runs)), choose=True)
+            + '<h2>Compare runs</h2><p class="muted" id="compare-hint"></p>'
+            + f'{plot}<ul class="legend" id="compare-legend"></ul>{_below_note(below)}'
+            + _json_script("curves", data))
+    return _page("mnist-pipeline runs", body, _SCRIPT)
+
+
+def sweep_page(sweep_id: str, runs: list) -> str:
+    """The page of one sweep: its runs (rows as for index_page), best final test accuracy
+    first, with each run's best test accuracy and its epoch (labelled as chosen on the test
+    set: there is no validation split), and all test-accuracy curves on one plot whose y
+    axis fits the data."""
+    def order(item):
+        value = item[1].get("final_test_accuracy")
+        return (0, -float(value)) if _finite(value) else (1, 0.0)
+
+    ranked = sorted(enumerate(runs), key=order)
+    series = [{"label": str(row.get("run_id")), "points": [tuple(p) for p in _curve(row)]} for _, row in ranked]
+    y_range, below = _accuracy_range([s["points"] for s in series])
+    plot = line_plot(series, title="Test accuracy per epoch, every run of the sweep", x_label="epoch",
+                     y_label="test accuracy", plot_id="sweep-plot", y_range=y_range,
+                     width=1000, height=380, markers=False)
+    body = (f'<h1 id="sweep-id" data-value="{_esc(sweep_id)}">{_esc(sweep_id)}</h1>'
+            f'<p class="meta" id="run-count" data-value="{len(ranked)}">{len(ranked)} runs, '
+            'best final test accuracy first. Click a column\'s header to sort by it.</p>'
+            + _runs_table(ranked, best=True, rank=True)
+            + '<p class="note">There is no validation split: the "best test accuracy" column picks the epoch '
+              'by looking at the test set itself, so it overstates how that model would do on new data. '
+              'The final test accuracy, of the model training ended with, was not chosen that way.</p>'
+            + f'<h2>Test accuracy per epoch</h2>{plot}{_below_note(below)}')
+    return _page(f"{sweep_id} — mnist-pipeline sweep", body, _SCRIPT)

@@ -1,0 +1,119 @@
+"""pipeline.picture.load_picture: ordinary image files made into MNIST's form."""
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from pipeline.errors import DataError
+from pipeline.picture import load_picture
+
+
+def ring(size=(200, 260), box=(40, 50, 160, 210), ink=0, paper=255, mode="L"):
+    image = Image.new(mode, size, paper)
+    ImageDraw.Draw(image).ellipse(box, outline=ink, width=16)
+    return image
+
+
+def one(ink=0, paper=255):
+    """A thick '1': a stem, a flag and a foot, taller than wide."""
+    image = Image.new("L", (240, 240), paper)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((110, 30, 132, 200), fill=ink)
+    draw.polygon([(110, 30), (80, 62), (86, 72), (112, 52)], fill=ink)
+    draw.rectangle((90, 190, 152, 204), fill=ink)
+    return image
+
+
+def save(image, path, **options):
+    image.save(path, **options)
+    return path
+
+
+def grid(array):
+    return array.reshape(28, 28)
+
+
+def centre_of_mass(array):
+    field = grid(array).astype(np.float64)
+    rows, cols = np.indices(field.shape)
+    return (rows * field).sum() / field.sum(), (cols * field).sum() / field.sum()
+
+
+def bounding_box(array):
+    rows, cols = np.nonzero(grid(array))
+    return rows.min(), rows.max(), cols.min(), cols.max()
+
+
+def test_dark_on_light_and_light_on_dark_give_the_same_array(tmp_path):
+    dark_on_light = load_picture(save(ring(ink=0, paper=255), tmp_path / "a.png"))
+    light_on_dark = load_picture(save(ring(ink=255, paper=0), tmp_path / "b.png"))
+    np.testing.assert_array_equal(dark_on_light, light_on_dark)
+    np.testing.assert_array_equal(load_picture(tmp_path / "a.png", invert=True), dark_on_light)
+    np.testing.assert_array_equal(load_picture(tmp_path / "b.png", invert=False), light_on_dark)
+
+
+def test_the_array_is_in_the_training_datas_form(tmp_path):
+    array = load_picture(save(ring(), tmp_path / "ring.png"))
+    assert array.shape == (784,) and array.dtype == np.float32
+    assert array.max() == 1.0 and array.min() == 0.0
+    np.testing.assert_array_equal(array * 255, np.rint(array * 255))  # uint8 pixels / 255
+    field = grid(array)
+    assert not field[0].any() and not field[-1].any() and not field[:, 0].any() and not field[:, -1].any()
+    assert (array == 0).mean() > 0.5  # the background is exactly 0
+
+
+@pytest.mark.parametrize("figure", [ring, one])
+def test_the_figure_is_20_pixels_on_its_longer_side_and_centred_by_mass(tmp_path, figure):
+    array = load_picture(save(figure(), tmp_path / "figure.png"))
+    top, bottom, left, right = bounding_box(array)
+    assert max(bottom - top + 1, right - left + 1) == 20
+    row, col = centre_of_mass(array)
+    assert abs(row - 13.5) <= 0.6 and abs(col - 13.5) <= 0.6
+
+
+def test_aspect_ratio_is_kept(tmp_path):
+    array = load_picture(save(one(), tmp_path / "one.png"))
+    top, bottom, left, right = bounding_box(array)
+    assert bottom - top + 1 == 20
+    assert 6 <= right - left + 1 <= 10  # the '1' is 72 wide and 174 tall: about 8 of 20
+
+
+def test_position_and_size_in_the_picture_do_not_matter(tmp_path):
+    centred = load_picture(save(ring(), tmp_path / "centred.png"))
+    corner = load_picture(save(ring(size=(600, 500), box=(10, 10, 130, 170)), tmp_path / "corner.png"))
+    np.testing.assert_allclose(corner, centred, atol=2 / 255)
+    large = load_picture(save(ring().resize((400, 520), Image.Resampling.BICUBIC), tmp_path / "large.png"))
+    assert np.abs(large - centred).mean() < 0.02
+
+
+def test_colour_jpeg_and_transparent_png(tmp_path):
+    reference = load_picture(save(ring(), tmp_path / "ring.png"))
+    jpeg = load_picture(save(ring(mode="RGB", ink=(20, 30, 90), paper=(250, 245, 235)), tmp_path / "ring.jpg",
+                             quality=85))
+    assert np.abs(jpeg - reference).mean() < 0.03
+    assert jpeg.max() == 1.0 and grid(jpeg)[0].max() == 0.0
+    transparent = ring(mode="RGBA", ink=(0, 0, 0, 255), paper=(0, 0, 0, 0))  # dark strokes, see-through paper
+    np.testing.assert_allclose(load_picture(save(transparent, tmp_path / "t.png")), reference, atol=1 / 255)
+
+
+def test_a_grey_background_becomes_black(tmp_path):
+    array = load_picture(save(ring(ink=40, paper=200), tmp_path / "grey.png"))
+    np.testing.assert_allclose(array, load_picture(save(ring(), tmp_path / "ring.png")), atol=2 / 255)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_text("not a picture\n"), "not an image"),
+    (lambda p: p.write_bytes(b""), "not an image"),
+    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40), "not an image"),
+    (lambda p: Image.new("L", (50, 50), 255).save(p, format="PNG"), "blank"),
+    (lambda p: Image.new("L", (50, 50), 0).save(p, format="PNG"), "blank"),
+    (lambda p: Image.effect_noise((64, 64), 2).save(p, format="PNG"), "blank"),
+    (lambda p: None, "no such file"),
+])
+def test_clear_one_line_errors(tmp_path, make, message):
+    path = tmp_path / "picture.png"
+    make(path)
+    with pytest.raises(DataError) as raised:
+        load_picture(path)
+    text = str(raised.value)
+    assert message in text and str(path) in text and "\n" not in text
