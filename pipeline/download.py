@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.atomic import fsync_path
-from pipeline.logs import logger
 from pipeline.errors import DataError, DownloadError, ParameterError
+from pipeline.logs import logger
 from pipeline.idx import (GZIP_MAGIC, check_counts, check_images, check_labels, idx_content, parse_idx,
                           read_limited)
 

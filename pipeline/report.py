@@ -1,8 +1,9 @@
 """A run's report: what a person reads, what DVC reads, and the record the HTML pages are made from.
 
-report/ holds report.json (everything below, in one record), metrics.json (final figures and
-per-class test accuracy: numbers only), params.json (what defines the run), accuracy.csv
-(one row per epoch), report.md, accuracy.png and loss.png. Each file is written atomically.
+report/ holds report.json (everything below, in one record), index.html (the page a person opens),
+metrics.json (final figures and per-class test accuracy: numbers only), params.json (what
+defines the run), accuracy.csv (one row per epoch), dvc.yaml (how DVC shows them), report.md,
+accuracy.png and loss.png. Each file is written atomically.
 """
 
 import csv
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import __version__
+from pipeline import __version__, pages
 from pipeline.atomic import write_atomically
 from pipeline.evaluation import EPOCH_COLUMNS
 
@@ -21,7 +22,19 @@ CLASS_NAMES = {
     "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                       "Ankle boot"],
 }
-FILES = ("report.json", "metrics.json", "params.json", "accuracy.csv", "report.md", "accuracy.png", "loss.png")
+FILES = ("report.json", "metrics.json", "params.json", "accuracy.csv", "dvc.yaml", "report.md", "accuracy.png",
+         "loss.png", "index.html")
+DVC_YAML = """# `dvc metrics show`, `dvc params diff` and `dvc plots show` read this run's report from here.
+metrics:
+  - metrics.json
+params:
+  - params.json
+plots:
+  - accuracy.csv:
+      x: epoch
+      y: [train_accuracy, test_accuracy]
+      title: Accuracy per epoch
+"""
 
 
 def class_names(dataset, n_classes):
@@ -73,7 +86,9 @@ def write_report(report_dir, report):
         "metrics.json": _json({"final": final, "per_class_test_accuracy": dict(
             zip(report["class_names"], report["per_class_accuracy"]))}),
         "params.json": _json({"run_id": run_id, **report["hyperparameters"]}),
+        "dvc.yaml": DVC_YAML,
         "report.json": _json(report),
+        "index.html": pages.run_page(report),
     }
     for name in FILES:
         write_atomically(report_dir / name, contents[name])

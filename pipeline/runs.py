@@ -1,4 +1,5 @@
-"""Runs by name: the identity of a training run, and artifacts/runs.csv, the table of finished runs."""
+"""Runs by name: the identity of a training run, and the tables of finished runs:
+artifacts/runs.csv and artifacts/index.html (the same runs as a page)."""
 
 import csv
 import datetime
@@ -7,6 +8,7 @@ import io
 import json
 from pathlib import Path
 
+from pipeline import pages
 from pipeline.atomic import exclusive_lock, write_atomically
 
 RUN_COLUMNS = ("run_id", "dataset", "hidden_size", "batch_size", "learning_rate", "iterations", "weight_init_std",
@@ -32,9 +34,9 @@ def sweep_name(run_ids):
 
 
 def add_run(runs_csv, row):
-    """Add or replace (same run_id) one row of runs.csv, safe under concurrent writers: they
-    take turns on an exclusive lock, and the table is rewritten whole and renamed into place.
-    Keys that are not columns are ignored; missing ones are left empty."""
+    """Add or replace (same run_id) one row of runs.csv, and rewrite index.html beside it; safe
+    under concurrent writers: they take turns on an exclusive lock, and each file is rewritten
+    whole and renamed into place. Keys that are not columns are ignored; missing ones are empty."""
     runs_csv = Path(runs_csv)
     row = {key: row.get(key, "") for key in RUN_COLUMNS}
     row["finished_at"] = row["finished_at"] or datetime.datetime.now(datetime.timezone.utc).isoformat("T", "seconds")
@@ -46,6 +48,30 @@ def add_run(runs_csv, row):
         writer.writeheader()
         writer.writerows(rows)
         write_atomically(runs_csv, out.getvalue())
+        write_atomically(runs_csv.with_name("index.html"), pages.index_page(
+            [page_row(runs_csv.parent, r) for r in rows]))
+
+
+def page_row(artifacts_dir, row):
+    """A runs.csv row as the pages show it: numbers as numbers, the run's page and its curve."""
+    report_dir = Path(artifacts_dir) / row["dataset"] / row["run_id"] / "report"
+    try:
+        epochs = json.loads((report_dir / "report.json").read_text())["epochs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        epochs = []
+    shown = {key: _number(value) for key, value in row.items()}
+    return {**shown, "final_train_accuracy": shown.get("train_accuracy"),
+            "final_test_accuracy": shown.get("test_accuracy"),
+            "href": f"{row['dataset']}/{row['run_id']}/report/index.html",
+            "curve": [[e["epoch"], e["test_accuracy"]] for e in epochs]}
+
+
+def _number(value):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return int(number) if number.is_integer() and "." not in str(value) and "e" not in str(value) else number
 
 
 def read_runs(runs_csv):

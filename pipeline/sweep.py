@@ -1,10 +1,11 @@
-"""Comparison of the runs of a sweep: summary.csv, summary.md and test_accuracy.png, from
-each run's report.json (as pipeline.report writes it)."""
+"""Comparison of the runs of a sweep: summary.csv, summary.md, test_accuracy.png and
+index.html, from each run's report.json (as pipeline.report writes it)."""
 
 import csv
 import io
 from pathlib import Path
 
+from pipeline import pages
 from pipeline.atomic import write_atomically
 from pipeline.report import new_figure, png_bytes
 
@@ -34,8 +35,11 @@ def write_sweep_summary(directory, sweep_id, reports):
     """Write the sweep's files into `directory`; returns (rows, {name: path})."""
     directory = Path(directory)
     rows = summary_rows(reports)
+    curves = {r["run_id"]: [[e["epoch"], e["test_accuracy"]] for e in r["epochs"]] for r in reports}
+    page = pages.sweep_page(sweep_id, [{**row, "curve": curves[row["run_id"]], "dataset": reports[0]["dataset"],
+                                        "href": f"../../{row['run_id']}/report/index.html"} for row in rows])
     files = {"test_accuracy.png": _plot(reports, sweep_id), "summary.md": _markdown(sweep_id, rows),
-             "summary.csv": _csv(rows)}
+             "index.html": page, "summary.csv": _csv(rows)}
     for name, content in files.items():
         write_atomically(directory / name, content)
     return rows, {name: directory / name for name in files}

@@ -85,8 +85,7 @@ def test_plots_are_real_pngs(written):
 
 
 def test_no_temporary_files_are_left(written):
-    assert sorted(p.name for p in written[0].iterdir()) == [
-        "accuracy.csv", "accuracy.png", "loss.png", "metrics.json", "params.json", "report.json", "report.md"]
+    assert sorted(p.name for p in written[0].iterdir()) == sorted(report.FILES)
 
 
 def test_numpy_scalars_in_the_rows_are_written_as_plain_numbers(tmp_path):
@@ -141,7 +140,7 @@ def test_runs_csv_keeps_every_row_under_two_concurrent_writer_processes(tmp_path
     # each writer's rows keep its own order: every append saw the rows written before it
     for prefix in "ab":
         assert [r["run_id"] for r in rows if r["run_id"].startswith(prefix)] == [f"{prefix}-{k}" for k in range(50)]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", "runs.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", "index.html", "runs.csv"]
 
 
 def test_a_rerun_replaces_its_row(tmp_path):
