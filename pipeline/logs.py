@@ -1,8 +1,9 @@
 """The pipeline's logger: a child of luigi's, so its lines go wherever luigi sends its own, once.
 
-Luigi configures "luigi-interface" (from [core] log_level or a logging_conf_file); the
-pipeline logs to "luigi-interface.pipeline" and adds no handler of its own. A user's error
-is logged as its one-line message instead of a traceback.
+The pipeline logs to "luigi-interface.pipeline" and adds no handler to it. Where luigi.cfg says
+[core] no_configure_logging (the shipped file does), install() gives "luigi-interface" one
+stderr handler with time and level; otherwise luigi's own set-up or a logging_conf_file rules.
+A user's error is logged as its one-line message instead of a traceback.
 """
 
 import errno
@@ -42,8 +43,19 @@ class ConciseErrors(logging.Filter):
         return True
 
 
+FORMAT = "%(asctime)s %(levelname)s: %(message)s"
+
+
 def install():
-    """Attach the filter to luigi's logger (once)."""
+    """Attach the filter to luigi's logger, and the stderr handler where luigi.cfg asks for it (once)."""
+    import luigi.configuration
+
     luigi_logger = logging.getLogger("luigi-interface")
     if not any(isinstance(f, ConciseErrors) for f in luigi_logger.filters):
         luigi_logger.addFilter(ConciseErrors())
+    config = luigi.configuration.get_config()
+    if config.getboolean("core", "no_configure_logging", False) and not luigi_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(FORMAT))
+        luigi_logger.addHandler(handler)
+        luigi_logger.setLevel(config.get("core", "log_level", "INFO").upper())

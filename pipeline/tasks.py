@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import luigi
+import luigi.tools.range  # noqa: F401  (RangeDaily and RangeDailyBase, for backfills)
 import numpy as np
 from luigi.parameter import OptionalParameterMixin, ParameterVisibility
 from threadpoolctl import threadpool_limits

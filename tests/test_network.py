@@ -105,3 +105,13 @@ def test_check_gradient_catches_a_broken_backward_pass():
     report = check_gradient(net, x, t, entries_per_param=72, rng=rng)
     assert report["W1"]["relative_error"] > 1e-3
     assert report["W2"]["relative_error"] < 1e-7
+
+
+def test_the_numpy_core_imports_neither_luigi_nor_h5py():
+    import subprocess
+    import sys
+
+    code = ("import sys; import pipeline.functions, pipeline.network, pipeline.training, pipeline.evaluation, "
+            "pipeline.gradient_check; print(sorted(m for m in ('luigi', 'h5py') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
