@@ -5,6 +5,9 @@
     mnist-pipeline inspect                         # every run
     mnist-pipeline inspect artifacts/fashion-mnist/h50-b100-lr0.1-s0-1a2b3c4d
     mnist-pipeline predict artifacts/.../model.h5 t10k-images-idx3-ubyte.gz [t10k-labels-idx1-ubyte.gz]
+    mnist-pipeline predict artifacts/... digit.png photo.jpg   # ordinary pictures, one label each
+    mnist-pipeline diff RUN_A RUN_B                             # parameters and final figures side by side
+    mnist-pipeline sweep --hidden-sizes '[50,100]' --learning-rates '[0.1,0.5]'
 
 Errors the pipeline expects (a missing file, a damaged checkpoint, a bad parameter) are
 printed as one line, "mnist-pipeline: error: ...", with a non-zero exit code.
@@ -14,6 +17,7 @@ import argparse
 import configparser
 import csv
 import json
+import socket
 import sys
 from pathlib import Path
 
@@ -52,18 +56,21 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"mnist-pipeline {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="train and evaluate (builds EvaluateNetwork and all it needs)",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _task_flags(run)
-    run.add_argument("--workers", type=int, default=1, help="Luigi worker processes")
-    run.add_argument("--scheduler-host", default=None,
-                     help="a central luigid's host; the local scheduler when not given")
-    run.add_argument("--scheduler-port", type=int, default=8082, help="the central luigid's port")
-    run.set_defaults(handler=run_command)
+    for name, task_class, what in (("run", "EvaluateNetwork", "train and evaluate one run (EvaluateNetwork and "
+                                                                "all it needs)"),
+                                   ("sweep", "Sweep", "train and evaluate every combination of the lists, then "
+                                                      "compare them (Sweep)")):
+        command = commands.add_parser(name, help=what, description=what)
+        _task_flags(command, task_class)
+        command.add_argument("--workers", type=int, default=1, help="Luigi worker processes (default: 1)")
+        command.add_argument("--scheduler-host", default=None,
+                             help="a central luigid's host (default: none, the local scheduler)")
+        command.add_argument("--scheduler-port", type=int, default=8082, help="the central luigid's port "
+                                                                               "(default: 8082)")
+        command.set_defaults(handler=run_command)
 
     status = commands.add_parser("status", help="say which tasks of a run are complete, stale or to run; "
-                                                f"exit 0 when all are complete, {EXIT_WOULD_RUN} otherwise",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                                f"exit 0 when all are complete, {EXIT_WOULD_RUN} otherwise")
     _task_flags(status)
     status.set_defaults(handler=status_command)
 
@@ -72,29 +79,35 @@ def build_parser():
     inspect.add_argument("--artifacts-dir", default="artifacts", help="where runs.csv is (default: artifacts)")
     inspect.set_defaults(handler=inspect_command)
 
-    predict = commands.add_parser("predict", help="predict the labels of an IDX images file")
+    predict = commands.add_parser("predict", help="predict the labels of an IDX images file, or of pictures")
     predict.add_argument("model", help="a checkpoint .h5 file or a run directory (its model.h5)")
-    predict.add_argument("images", help="IDX images file, gzipped or not")
-    predict.add_argument("labels", nargs="?", help="IDX labels file: also print the accuracy")
-    predict.add_argument("--summary", action="store_true", help="print only the counts (and accuracy)")
+    predict.add_argument("inputs", nargs="+", metavar="FILE",
+                         help="an IDX images file (gzipped or not) and optionally its IDX labels file; or "
+                              "pictures (PNG, JPEG, ...) of one digit or garment each")
+    predict.add_argument("--summary", action="store_true", help="IDX: print only the counts (and accuracy)")
     predict.set_defaults(handler=predict_command)
+
+    diff = commands.add_parser("diff", help="compare two finished runs: parameters and final figures")
+    diff.add_argument("run_a", help="a run directory")
+    diff.add_argument("run_b", help="another run directory")
+    diff.set_defaults(handler=diff_command)
     return parser
 
 
-def _task_flags(parser):
-    """One flag per parameter of EvaluateNetwork (JSON for lists and dicts), its default shown as
-    luigi.cfg or the code sets it."""
+def _task_flags(parser, task_class="EvaluateNetwork"):
+    """One flag per parameter of a task (JSON for lists and dicts), its default shown as luigi.cfg
+    or the code sets it."""
     from pipeline import tasks  # luigi is imported only where the chain is run
 
-    for name, param in tasks.EvaluateNetwork.get_params():
+    for name, param in getattr(tasks, task_class).get_params():
         try:
-            default = param.task_value("EvaluateNetwork", name)
+            default = param.task_value(task_class, name)
         except Exception:  # a bad luigi.cfg value: reported when the task is built
             default = None
         default = default.isoformat() if hasattr(default, "isoformat") else default
         parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
                             help=f"{param.description or ''} (default: {default})")
-    parser.set_defaults(task_class="EvaluateNetwork")
+    parser.set_defaults(task_class=task_class)
 
 
 def _target(args):
@@ -110,6 +123,12 @@ def _target(args):
 
 def run_command(args):
     target = _target(args)
+    if args.scheduler_host:
+        try:
+            socket.create_connection((args.scheduler_host, args.scheduler_port), timeout=3).close()
+        except OSError as error:
+            raise PipelineError(f"cannot reach luigid at {args.scheduler_host}:{args.scheduler_port} ({error}): "
+                                f"start it, or leave out --scheduler-host to use the local scheduler") from None
     status, failures = build([target], workers=args.workers, scheduler_host=args.scheduler_host,
                              scheduler_port=args.scheduler_port)
     code = exit_code(status)
@@ -118,6 +137,9 @@ def run_command(args):
             print(f"mnist-pipeline: error: {task.get_task_family()} failed: {message}", file=sys.stderr)
         print(f"mnist-pipeline: the run did not finish ({status.name}); exit code {code}", file=sys.stderr)
         return code
+    if args.task_class == "Sweep":
+        print(f"sweep: {Path(target.output().path).parent / 'index.html'}")
+        return 0
     final = json.loads(Path(target.output().path).read_text())["final"]
     print(f"run:    {target.run_dir}")
     print(f"report: {target.run_dir / 'report' / 'report.md'}")
@@ -281,28 +303,85 @@ def predict_command(args):
             raise PipelineError(f"{model / 'model.h5'} is not the run's trained model ({problem}): rerun the "
                                 f"run's command to train it")
         model = model / "model.h5"
-    network = TwoLayerNet.from_params(checkpoint.load_checkpoint(model).params)
-    images = read_idx(args.images)
+    loaded = checkpoint.load_checkpoint(model)
+    network = TwoLayerNet.from_params(loaded.params)
+    if not _is_idx(args.inputs[0]):
+        return _predict_pictures(network, loaded.dataset, args.inputs)
+    if len(args.inputs) > 2:
+        raise ParameterError("give one IDX images file and at most one IDX labels file")
+    images_path, labels_path = args.inputs[0], (args.inputs[1] if len(args.inputs) > 1 else None)
+    images = read_idx(images_path)
     if images.ndim != 3:
-        raise DataError(f"{args.images} holds labels, not images: give the images file first")
+        raise DataError(f"{images_path} holds labels, not images: give the images file first")
     x = normalize_images(images).astype(network.params["W1"].dtype, copy=False)
     if x.shape[1] != network.params["W1"].shape[0]:
-        raise PipelineError(f"{args.images} has images of {x.shape[1]} pixels; the model takes "
+        raise PipelineError(f"{images_path} has images of {x.shape[1]} pixels; the model takes "
                             f"{network.params['W1'].shape[0]}")
     predicted = np.argmax(network.predict(x), axis=1)
     if not args.summary:
         sys.stdout.write("".join(f"{label}\n" for label in predicted))
     counts = np.bincount(predicted, minlength=10)
     print(f"predicted {len(predicted)} images; per class: {counts.tolist()}", file=sys.stderr)
-    if args.labels:
-        labels = read_idx(args.labels)
+    if labels_path:
+        labels = read_idx(labels_path)
         if labels.ndim != 1:
-            raise DataError(f"{args.labels} holds images, not labels: give a labels file last")
+            raise DataError(f"{labels_path} holds images, not labels: give a labels file last")
         if labels.shape[0] != predicted.shape[0]:
-            raise PipelineError(f"{args.labels} holds {labels.shape[0]} labels for {predicted.shape[0]} images")
+            raise PipelineError(f"{labels_path} holds {labels.shape[0]} labels for {predicted.shape[0]} images")
         correct = int(np.count_nonzero(predicted == labels))
         print(f"accuracy {correct / len(labels):.4f} ({correct}/{len(labels)})", file=sys.stderr)
     return 0
+
+
+def _is_idx(path):
+    """Whether a file starts as an IDX file does (or is gzip, as the published ones are)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(3)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    return head[:2] == b"\x1f\x8b" or head == b"\x00\x00\x08"
+
+
+def _predict_pictures(network, dataset, paths):
+    """One line per picture: file, label (and its class name), probability."""
+    from pipeline.picture import load_picture
+    from pipeline.report import class_names
+
+    names = class_names(dataset, network.params["b2"].size)
+    x = np.stack([load_picture(path) for path in paths]).astype(network.params["W1"].dtype)
+    probabilities = network.predict(x)
+    for path, row in zip(paths, probabilities):
+        label = int(np.argmax(row))
+        shown = f"{label} ({names[label]})" if names[label] != str(label) else str(label)
+        print(f"{path}\t{shown}\t{row[label]:.3f}")
+    return 0
+
+
+# --- diff ---
+
+def diff_command(args):
+    reports = [_finished_report(Path(path)) for path in (args.run_a, args.run_b)]
+    names = [r["run_id"] for r in reports]
+    params = [r["hyperparameters"] for r in reports]
+    differing = [[key, str(params[0].get(key, "")), str(params[1].get(key, ""))]
+                 for key in dict.fromkeys([*params[0], *params[1]]) if params[0].get(key) != params[1].get(key)]
+    print("parameters that differ:" if differing else "no parameter differs")
+    if differing:
+        print_table(["parameter", names[0], names[1]], differing)
+    print("\nfinal figures:")
+    keys = ["train_accuracy", "test_accuracy", "train_loss", "test_loss", "iteration", "epoch"]
+    rows = [[key, _short(reports[0]["final"][key]), _short(reports[1]["final"][key]),
+             _short(reports[1]["final"][key] - reports[0]["final"][key])] for key in keys]
+    print_table(["figure", names[0], names[1], "b - a"], rows)
+    return 0
+
+
+def _finished_report(run_dir):
+    problem = lineage.problem(run_dir / "lineage" / "EvaluateNetwork.json", inputs=None)
+    if problem:
+        raise PipelineError(f"{run_dir} has no report to trust ({problem}): give a finished run's directory")
+    return json.loads((run_dir / "report" / "report.json").read_text())
 
 
 if __name__ == "__main__":

@@ -426,6 +426,13 @@ class RunTask(PipelineTask):
         default=1, significant=False, visibility=HIDDEN, config_path=_from("training", "blas_threads"),
         description="Threads of the matrix library. The last bits of a result depend on it: resume with the "
                     "same value.")
+    keep_last = WholeNumber(
+        default=0, minimum=0, significant=False, visibility=HIDDEN, config_path=_from("training", "keep_last"),
+        description="Once a run is trained, keep only its last N checkpoints (0: keep every one). The report "
+                    "does not need them: model.h5 holds every epoch's figures.")
+    keep_every = WholeNumber(
+        default=0, minimum=0, significant=False, visibility=HIDDEN, config_path=_from("training", "keep_every"),
+        description="With keep_last, also keep the checkpoint of every k-th epoch (0: none).")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -437,6 +444,7 @@ class RunTask(PipelineTask):
         return self.artifacts_dir
 
     def run(self):
+        self.set_status_message(f"run {self.run_id}")  # luigid's pages show it: runs told apart at a glance
         with threadpool_limits(self.blas_threads, user_api="blas"):
             super().run()
 
@@ -572,8 +580,12 @@ class TrainNetwork(RunTask):
             losses=losses, rng_state=rng.bit_generator.state, hyperparameters=self.hyperparameters(),
             dataset=self.dataset, run_id=self.run_id, inputs=inputs, per_epoch=per_epoch,
             data_checksums=images["attrs"].get("source_sha256", {}), evaluation=rows)
+        kept = kept_checkpoints(iterations, per_epoch, self.keep_last, self.keep_every)
+        for iteration in iterations:
+            if iteration not in kept:
+                checkpoint.checkpoint_path(folder, iteration).unlink(missing_ok=True)
         return {"model.h5": self.output().path,
-                **{f"checkpoints/{p.name}": p for p in (checkpoint.checkpoint_path(folder, i) for i in iterations)}}
+                **{f"checkpoints/{p.name}": p for p in (checkpoint.checkpoint_path(folder, i) for i in kept)}}
 
     def start_from(self, kept, input_size, n_classes):
         """(network, rng, start iteration, losses so far): from the last kept checkpoint, or fresh."""
@@ -597,6 +609,15 @@ class TrainNetwork(RunTask):
         logger.info(message)
         self.set_status_message(message)
         self.set_progress_percentage(round(100 * iteration / self.iterations))
+
+
+def kept_checkpoints(iterations, per_epoch, keep_last, keep_every):
+    """The checkpoint iterations to keep once training is done: all of them without keep_last,
+    else the last keep_last and, with keep_every = k, those of every k-th epoch."""
+    if not keep_last:
+        return list(iterations)
+    every = {i for i in iterations if keep_every and i % (keep_every * per_epoch) == 0}
+    return sorted(set(iterations[-keep_last:]) | every)
 
 
 class EvaluateNetwork(RunTask):
@@ -680,6 +701,15 @@ class Sweep(RunTask):
           --learning-rates '[0.1,0.5]' --workers 2 --local-scheduler
     """
 
+    # the single-run values serve as the lists' defaults: hidden from luigid's pages beside the lists
+    hidden_size = WholeNumber(default=50, visibility=HIDDEN, config_path=_from("training", "hidden_size"),
+                              description="Hidden size when hidden_sizes is not given.")
+    batch_size = WholeNumber(default=100, visibility=HIDDEN, config_path=_from("training", "batch_size"),
+                             description="Batch size when batch_sizes is not given.")
+    learning_rate = Number(default=0.1, visibility=HIDDEN, config_path=_from("training", "learning_rate"),
+                           description="Learning rate when learning_rates is not given.")
+    seed = WholeNumber(default=0, minimum=0, visibility=HIDDEN, config_path=_from("training", "seed"),
+                       description="Seed when seeds is not given.")
     hidden_sizes = NumberList(default=None, whole=True, description="Hidden sizes; default [hidden_size].")
     learning_rates = NumberList(default=None, description="Learning rates; default [learning_rate].")
     batch_sizes = NumberList(default=None, whole=True, description="Batch sizes; default [batch_size].")

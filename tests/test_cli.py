@@ -143,3 +143,52 @@ def test_predict_errors_are_clear(finished, synthetic_source, tmp_path, capsys):
     for args, message in cases:
         assert main(["predict", "--summary", *args]) == 1
         assert message in capsys.readouterr().err
+
+
+def test_predict_reads_ordinary_pictures_and_names_each_label(finished, tmp_path):
+    from PIL import Image
+
+    from fakedata import learnable_arrays
+
+    workdir, run_dir, _ = finished
+    arrays = learnable_arrays(n_train=0, n_test=3, seed=8)
+    paths = []
+    for k, (image, label) in enumerate(zip(arrays["test_images"], arrays["test_labels"])):
+        path = tmp_path / f"drawn-{k}.png"
+        Image.fromarray(255 - image).resize((112, 112)).save(path)  # dark on light, 4 times larger
+        paths.append(str(path))
+    done = run(["predict", str(run_dir), *paths], workdir, tool="cli")
+    assert done.returncode == 0, done.stderr
+    lines = [line.split("\t") for line in done.stdout.splitlines()]
+    assert [line[0] for line in lines] == paths
+    assert all(line[1] in "0123456789" and 0 < float(line[2]) <= 1 for line in lines)
+
+
+def test_diff_shows_the_parameters_that_differ_and_the_final_figures(finished, synthetic_source, capsys):
+    workdir, run_dir, _ = finished
+    other = run(["run", "--dataset", "synthetic", "--source-dir", str(synthetic_source), "--data-dir", "data",
+                 "--artifacts-dir", "artifacts", *SMALL, "--seed", "1"], workdir, tool="cli")
+    assert other.returncode == 0, other.stderr[-2000:]
+    (other_dir,) = [p for p in (workdir / "artifacts" / "synthetic").glob("h24-*") if p != run_dir]
+    assert main(["diff", str(run_dir), str(other_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "seed" in out and "hidden_size" not in out.split("final figures")[0]
+    report = json.loads((other_dir / "report" / "report.json").read_text())
+    assert f"{report['final']['test_accuracy']:.4f}" in out
+
+
+def test_an_unreachable_scheduler_is_a_one_line_error_at_once(tmp_path):
+    workspace(tmp_path)
+    done = run(["run", "--dataset", "synthetic", "--scheduler-host", "127.0.0.1", "--scheduler-port", "9"],
+               tmp_path, tool="cli", timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("mnist-pipeline: error: PipelineError: cannot reach luigid at 127.0.0.1:9")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_help_shows_defaults_and_version_is_printed(tmp_path):
+    workspace(tmp_path)
+    helped = run(["run", "--help"], tmp_path, tool="cli")
+    assert "Units in the hidden layer. (default: 50)" in " ".join(helped.stdout.split())
+    version = run(["--version"], tmp_path, tool="cli")
+    assert version.stdout.startswith("mnist-pipeline 0.")

@@ -169,3 +169,14 @@ def test_a_custom_dataset_from_another_source_dir_is_fetched_again_and_retrained
     manifest = json.loads((Path(chain["data_dir"]) / "raw" / "synthetic" / "MANIFEST.json").read_text())
     assert all(entry["source"].startswith(str(other)) for entry in manifest["files"].values())
     assert tasks.EvaluateNetwork(**moved).complete() and not tasks.EvaluateNetwork(**chain).complete()
+
+
+def test_checkpoint_retention_keeps_the_last_and_every_kth_and_the_run_stays_complete(chain):
+    params = {**chain, "keep_last": 2, "keep_every": 4}  # 11 checkpoints, 12 iterations an epoch
+    assert run(tasks.EvaluateNetwork, **params) == LuigiStatusCode.SUCCESS
+    task = tasks.EvaluateNetwork(**params)
+    kept = [checkpoint.load_checkpoint(p).iteration for p in checkpoint.list_checkpoints(task.run_dir / "checkpoints")]
+    assert kept == [0, 48, 96, 108, 120]
+    full = json.loads((task.run_dir / "report" / "report.json").read_text())
+    assert len(full["epochs"]) == 11 and [c["iteration"] for c in full["checkpoints"]] == kept
+    assert task.complete() and tasks.EvaluateNetwork(**chain).complete()  # retention is no part of a run's identity
