@@ -169,7 +169,7 @@ def test_a_bad_parameter_is_a_one_line_error_before_any_file(flags, message, tmp
     workdir = workspace(tmp_path / "w")
     done = run(["--module", "pipeline.tasks", "EvaluateNetwork", "--local-scheduler", *flags], workdir)
     assert done.returncode == 70
-    errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
+    errors = [line for line in done.stderr.splitlines() if " ERROR: " in line]
     assert len(errors) == 1 and message in errors[0], done.stderr
     assert "Traceback" not in done.stderr
     assert sorted(p.name for p in workdir.iterdir()) == ["luigi.cfg"]
