@@ -87,6 +87,17 @@ def build_parser():
     predict.add_argument("--summary", action="store_true", help="IDX: print only the counts (and accuracy)")
     predict.set_defaults(handler=predict_command)
 
+    gc = commands.add_parser("gc", help="show what runs and datasets take on disk and what could go; "
+                                        "removes only with --yes")
+    gc.add_argument("--artifacts-dir", default="artifacts", help="the runs' root (default: artifacts)")
+    gc.add_argument("--data-dir", default="data", help="the datasets' root (default: data)")
+    gc.add_argument("--keep-runs", type=int, default=None, metavar="N",
+                    help="also remove finished runs older than the N most recent")
+    gc.add_argument("--checkpoints", action="store_true",
+                    help="also remove finished runs' checkpoints but the last (their reports do not need them)")
+    gc.add_argument("--yes", action="store_true", help="remove what is listed (without it, nothing is removed)")
+    gc.set_defaults(handler=gc_command)
+
     diff = commands.add_parser("diff", help="compare two finished runs: parameters and final figures")
     diff.add_argument("run_a", help="a run directory")
     diff.add_argument("run_b", help="another run directory")
@@ -355,6 +366,25 @@ def _predict_pictures(network, dataset, paths):
         label = int(np.argmax(row))
         shown = f"{label} ({names[label]})" if names[label] != str(label) else str(label)
         print(f"{path}\t{shown}\t{row[label]:.3f}")
+    return 0
+
+
+# --- gc ---
+
+def gc_command(args):
+    from pipeline import gc
+
+    print(gc.format_usage(gc.usage(args.artifacts_dir, args.data_dir)))
+    try:
+        items = gc.plan(args.artifacts_dir, args.data_dir, keep_runs=args.keep_runs, checkpoints=args.checkpoints)
+    except ValueError as error:
+        raise ParameterError(str(error)) from None
+    print()
+    print(gc.format_plan(items) if items else "nothing to remove")
+    if items and not args.yes:
+        print("\n(a dry run: nothing was removed; add --yes to remove the above)")
+    elif items:
+        print(f"\nremoved {len(items)} item(s), {gc.human_size(gc.remove(items))} freed")
     return 0
 
 
