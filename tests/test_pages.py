@@ -6,6 +6,7 @@ $PAGES_SHOTS_DIR (default /tmp/pages-shots) for a person to look at."""
 
 import datetime
 import html
+import json
 import os
 import re
 from pathlib import Path
@@ -332,3 +333,42 @@ def test_empty_and_degenerate_inputs_still_make_pages():
     rows[0]["curve"], rows[1]["final_test_accuracy"], rows[2]["finished_at"] = [], None, "yesterday"
     for page in (index_page(rows), sweep_page("sweep-x", rows)):
         assert "yesterday" in page and page.count("<tr data-run=") == 3
+
+
+@pytest.mark.slow
+def test_the_pages_a_sweep_writes_show_its_metrics_in_a_browser(browser, tmp_path, synthetic_source):
+    """The pipeline's own pages, not fixtures: a 4-run Sweep, then the index, a run page and
+    the sweep page read back in Chromium."""
+    from runner import chain, run, workspace
+
+    workdir = workspace(tmp_path / "w")
+    done = run(chain(synthetic_source, "--hidden-sizes", "[16,24]", "--learning-rates", "[0.3,0.6]",
+                     task="Sweep"), workdir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    artifacts = workdir / "artifacts"
+    metrics = {p.parent.parent.name: json.loads(p.read_text()) for p in artifacts.glob("synthetic/h*/report/metrics.json")}
+    assert len(metrics) == 4
+
+    index = browser.open(artifacts / "index.html")
+    _assert_quiet(index)
+    shown = dict(zip(_column(index, "run_id"), (float(v) for v in _column(index, "final_test_accuracy"))))
+    assert shown == {run_id: m["final"]["test_accuracy"] for run_id, m in metrics.items()}
+    index.click("th[data-key=final_test_accuracy]")
+    ordered = [float(v) for v in _column(index, "final_test_accuracy")]
+    assert ordered == sorted(ordered, reverse=True)
+    index.check("input.choose[data-run='0']")
+    index.check("input.choose[data-run='2']")
+    assert index.evaluate("document.querySelectorAll('#compare-plot polyline').length") == 2
+    _assert_quiet(index)
+
+    run_id, expected = next(iter(metrics.items()))
+    page = browser.open(artifacts / "synthetic" / run_id / "report" / "index.html")
+    _assert_quiet(page)
+    value = page.evaluate("parseFloat(document.getElementById('final-test_accuracy').dataset.value)")
+    assert value == expected["final"]["test_accuracy"]
+
+    (sweep,) = artifacts.glob("synthetic/sweeps/*/index.html")
+    page = browser.open(sweep)
+    _assert_quiet(page)
+    assert sorted(float(v) for v in _column(page, "final_test_accuracy")) == sorted(
+        m["final"]["test_accuracy"] for m in metrics.values())
