@@ -31,6 +31,7 @@ from pipeline.logs import logger
 from pipeline.network import PARAM_NAMES
 
 FORMAT_VERSION = 2
+MAX_VALUES = 200_000_000  # weights and losses together: refused before reading, not after running out of memory
 NAME = re.compile(r"^iter-(\d{8,})\.h5$")  # 8 digits, more past iteration 99,999,999
 REQUIRED_ATTRS = ("iteration", "epoch", "rng_state", "hyperparameters", "run_id", "format_version")
 FIX = "rerun the training command: it is made again from the last good checkpoint before it"
@@ -159,6 +160,10 @@ def _check_layout(path, f):
                               f"({FORMAT_VERSION}): upgrade mnist-pipeline, or {FIX}")
     missing = [name for name in [f"params/{k}" for k in PARAM_NAMES] + ["losses"]
                if not isinstance(f.get(name), h5py.Dataset)]
+    sizes = [f[name].size for name in [f"params/{k}" for k in PARAM_NAMES] + ["losses"] if name not in missing]
+    if sum(sizes) > MAX_VALUES:
+        raise CheckpointError(f"{path} holds {sum(sizes):,} values, more than a checkpoint of this pipeline "
+                              f"can ({MAX_VALUES:,}): not one of its checkpoints; {FIX}")
     missing += [name for name in REQUIRED_ATTRS if name not in f.attrs]
     if missing:
         raise CheckpointError(f"{path} is not a complete checkpoint (missing {', '.join(missing)}): {FIX}")

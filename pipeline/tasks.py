@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import luigi
+import luigi.interface
 import luigi.tools.range  # noqa: F401  (RangeDaily and RangeDailyBase, for backfills)
 import numpy as np
 from luigi.parameter import OptionalParameterMixin, ParameterVisibility
@@ -25,7 +26,7 @@ from pipeline import checkpoint, lineage, logs, processed, report, runs
 from pipeline.atomic import atomic_path, exclusive_lock, temporaries_of, write_atomically
 from pipeline.download import (default_mirrors, fetch_dataset, known_train_size, load_raw_dataset,
                                staging_directories, validate_dataset_name)
-from pipeline.errors import GradientCheckError, ParameterError, PipelineError
+from pipeline.errors import DataError, GradientCheckError, ParameterError, PipelineError
 from pipeline.evaluation import BackgroundEvaluator, confusion_matrix, evaluate
 from pipeline.gradient_check import gradient_check_report
 from pipeline.network import TwoLayerNet
@@ -40,6 +41,7 @@ warnings.filterwarnings(
 logger = logs.logger
 logs.install()
 HIDDEN = ParameterVisibility.HIDDEN
+MAX_HIDDEN = 100_000  # W1 of 784 x 100,000 float64 is 630 MB; more would not fit a worker's memory
 
 
 def _from(section, name):
@@ -62,10 +64,11 @@ class _Checked:
 
 
 class WholeNumber(_Checked, luigi.IntParameter):
-    """A whole number >= minimum; anything else (also 50.7 or true) is a one-line ParameterError."""
+    """A whole number from minimum to maximum; anything else (also 50.7 or true) is a one-line
+    ParameterError."""
 
-    def __init__(self, *args, minimum=1, **kwargs):
-        self.minimum = minimum
+    def __init__(self, *args, minimum=1, maximum=None, **kwargs):
+        self.minimum, self.maximum = minimum, maximum
         super().__init__(*args, **kwargs)
 
     def parse(self, x):
@@ -73,8 +76,9 @@ class WholeNumber(_Checked, luigi.IntParameter):
 
     def normalize(self, x):
         value = _whole_number(x)
-        if value is None or value < self.minimum:
-            raise self.invalid(x, f"a whole number >= {self.minimum}")
+        if value is None or value < self.minimum or (self.maximum is not None and value > self.maximum):
+            bound = f" and <= {self.maximum}" if self.maximum is not None else ""
+            raise self.invalid(x, f"a whole number >= {self.minimum}{bound}")
         return value
 
 
@@ -134,10 +138,10 @@ class RunDate(_Checked, OptionalParameterMixin, luigi.DateParameter):
 
 
 class NumberList(_Checked, luigi.OptionalListParameter):
-    """An optional list of numbers > 0 (whole ones when `whole`, >= minimum)."""
+    """An optional list of numbers > 0 (whole ones when `whole`, from minimum to maximum)."""
 
-    def __init__(self, *args, whole=False, minimum=1, **kwargs):
-        self.whole, self.minimum = whole, minimum
+    def __init__(self, *args, whole=False, minimum=1, maximum=None, **kwargs):
+        self.whole, self.minimum, self.maximum = whole, minimum, maximum
         super().__init__(*args, **kwargs)
 
     def normalize(self, x):
@@ -146,7 +150,8 @@ class NumberList(_Checked, luigi.OptionalListParameter):
         items = list(x) if isinstance(x, (list, tuple)) else None
         kind = f"whole numbers >= {self.minimum}" if self.whole else "numbers > 0"
         values = [(_whole_number(v) if self.whole else _number(v)) for v in items or []]
-        if not items or any(v is None or (v < self.minimum if self.whole else v <= 0) for v in values):
+        too_large = self.maximum is not None and any(v is not None and v > self.maximum for v in values)
+        if not items or too_large or any(v is None or (v < self.minimum if self.whole else v <= 0) for v in values):
             raise self.invalid(list(x) if isinstance(x, tuple) else x, f"a non-empty list of {kind}, like [50, 100]")
         return tuple(values)
 
@@ -218,6 +223,9 @@ class PipelineTask(luigi.Task):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         sources()  # [sources] in luigi.cfg is checked now, before anything runs
+        workers = luigi.interface.core().workers
+        if not (isinstance(workers, int) and workers >= 1):  # luigi's own flag: 0 would run nothing, silently
+            raise ParameterError(f"invalid workers={workers}: must be a whole number >= 1")
         for name in ("timeout", "retries"):  # checked like [sources]' own values
             if getattr(self, name) is not None:
                 getattr(sources, name).normalize(getattr(self, name))
@@ -405,7 +413,7 @@ class RunTask(PipelineTask):
     artifacts_dir = luigi.Parameter(
         default="artifacts", significant=False, visibility=HIDDEN, config_path=_from("paths", "artifacts_dir"),
         description="Root of the run directories and runs.csv.")
-    hidden_size = WholeNumber(default=50, config_path=_from("training", "hidden_size"),
+    hidden_size = WholeNumber(default=50, maximum=MAX_HIDDEN, config_path=_from("training", "hidden_size"),
                               description="Units in the hidden layer.")
     batch_size = WholeNumber(default=100, config_path=_from("training", "batch_size"),
                              description="Images per mini-batch.")
@@ -476,9 +484,15 @@ class RunTask(PipelineTask):
         return {"images.h5": self.input()["images"].path, "labels.h5": self.input()["labels"].path}
 
     def load_data(self, parts=("train", "test")):
-        """(images, labels) as processed.read_images/read_labels give them, for the parts asked."""
-        return (processed.read_images(self.input()["images"].path, parts),
-                processed.read_labels(self.input()["labels"].path, parts))
+        """(images, labels) as processed.read_images/read_labels give them, for the parts asked;
+        DataError when a part's images and labels are not equally many."""
+        images_path, labels_path = self.input()["images"].path, self.input()["labels"].path
+        images, labels = processed.read_images(images_path, parts), processed.read_labels(labels_path, parts)
+        for part in parts:
+            if images[part].shape[0] != labels[f"{part}_labels"].shape[0]:
+                raise DataError(f"{images_path} has {images[part].shape[0]} {part} images but {labels_path} has "
+                                f"{labels[f'{part}_labels'].shape[0]} labels: rerun to rebuild both from the raw files")
+        return images, labels
 
 
 def check_fits_data(batch_size, iterations, train_size):
@@ -702,7 +716,8 @@ class Sweep(RunTask):
     """
 
     # the single-run values serve as the lists' defaults: hidden from luigid's pages beside the lists
-    hidden_size = WholeNumber(default=50, visibility=HIDDEN, config_path=_from("training", "hidden_size"),
+    hidden_size = WholeNumber(default=50, maximum=MAX_HIDDEN, visibility=HIDDEN,
+                              config_path=_from("training", "hidden_size"),
                               description="Hidden size when hidden_sizes is not given.")
     batch_size = WholeNumber(default=100, visibility=HIDDEN, config_path=_from("training", "batch_size"),
                              description="Batch size when batch_sizes is not given.")
@@ -710,7 +725,8 @@ class Sweep(RunTask):
                            description="Learning rate when learning_rates is not given.")
     seed = WholeNumber(default=0, minimum=0, visibility=HIDDEN, config_path=_from("training", "seed"),
                        description="Seed when seeds is not given.")
-    hidden_sizes = NumberList(default=None, whole=True, description="Hidden sizes; default [hidden_size].")
+    hidden_sizes = NumberList(default=None, whole=True, maximum=MAX_HIDDEN,
+                              description="Hidden sizes; default [hidden_size].")
     learning_rates = NumberList(default=None, description="Learning rates; default [learning_rate].")
     batch_sizes = NumberList(default=None, whole=True, description="Batch sizes; default [batch_size].")
     seeds = NumberList(default=None, whole=True, minimum=0, description="Seeds; default [seed].")

@@ -242,3 +242,12 @@ def test_describe_lists_datasets_and_attributes_and_rejects_non_hdf5(tmp_path):
     (tmp_path / "x.h5").write_text("hello")
     with pytest.raises(CheckpointError, match=r"x\.h5 is not an HDF5 file"):
         checkpoint.describe_h5(tmp_path / "x.h5")
+
+
+def test_a_file_claiming_huge_weights_is_refused_before_they_are_read(tmp_path):
+    save(tmp_path / "c.h5")
+    with h5py.File(tmp_path / "c.h5", "r+") as f:
+        del f["params/W1"]
+        f["params"].create_dataset("W1", shape=(784, 10**9), dtype=np.float32, chunks=(784, 1000))  # nothing stored
+    with pytest.raises(CheckpointError, match=r"holds 784,\d+ values, more than a checkpoint of this pipeline can"):
+        checkpoint.load_checkpoint(tmp_path / "c.h5")
