@@ -10,6 +10,7 @@ to the same double), next to the rounded text a reader sees.
     index_page(runs)            every run: a sortable table, and a plot comparing the chosen runs
     sweep_page(sweep_id, runs)  a sweep's runs, best final test accuracy first, all curves together
     line_plot(series, ...)      the SVG line plot the three pages share
+    plots(report)               a run's plots as stand-alone SVG files (report.md shows them)
 """
 
 import datetime
@@ -20,7 +21,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["run_page", "index_page", "sweep_page", "line_plot"]
+__all__ = ["run_page", "index_page", "sweep_page", "line_plot", "plots", "sweep_plot"]
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
            "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -221,7 +222,7 @@ def _text_width(text, size=12):
 
 
 def line_plot(series, *, title, x_label, y_label, plot_id, x_range=None, y_range=None, y_bounds=None,
-              width=640, height=300, markers=None) -> str:
+              width=640, height=300, markers=None, standalone=False) -> str:
     """An <svg> line plot: title, axes with ticks and labels, grid, and a legend below.
 
     series: [{"label": str, "points": [(x, y), ...], "color": optional css colour,
@@ -230,6 +231,7 @@ def line_plot(series, *, title, x_label, y_label, plot_id, x_range=None, y_range
     Lines are <polyline class="line"> in <g class="series">; the svg's data-* attributes give
     the data-to-pixel mapping, so a script can add lines of its own. `plot_id` becomes the
     svg's id (and names its clip path). markers: dots at the points (default: 30 points or fewer).
+    standalone: sized and styled for a file of its own rather than a page.
     """
     series = [s for s in series if s.get("points") or s.get("band")]
     xs = [p[0] for s in series for p in s.get("points", ())] + [b[0] for s in series for b in s.get("band", ())]
@@ -280,7 +282,8 @@ def line_plot(series, *, title, x_label, y_label, plot_id, x_range=None, y_range
            f'viewBox="0 0 {width} {total_h}" role="img" aria-label="{_esc(title)}" '
            f'data-x-min="{x0!r}" data-x-max="{x1!r}" data-y-min="{y0!r}" data-y-max="{y1!r}" '
            f'data-left="{left}" data-top="{top}" data-width="{plot_w}" data-height="{plot_h}" '
-           f'style="max-width:{width}px">',
+           + (f'width="{width}" height="{total_h}" font-family="DejaVu Sans, Arial, sans-serif">' if standalone
+              else f'style="max-width:{width}px">'),
            f"<title>{_esc(title)}</title>",
            f'<defs><clipPath id="{_esc(clip)}"><rect x="{left - 4}" y="{top - 4}" width="{plot_w + 8}" '
            f'height="{plot_h + 8}"/></clipPath></defs>',
@@ -380,17 +383,7 @@ def _epochs_section(report):
     cards += _card("final-epoch", "epochs trained", final.get("epoch"), _epoch_text(final.get("epoch")))
     cards += _card("final-iteration", "iterations", final.get("iteration"), _esc(final.get("iteration", "—")))
 
-    def curve(key):
-        return [(row.get("epoch"), row.get(key)) for row in epochs]
-
-    accuracy = line_plot([{"label": "train", "points": curve("train_accuracy")},
-                          {"label": "test", "points": curve("test_accuracy")}],
-                         title="Accuracy per epoch", x_label="epoch", y_label="accuracy", plot_id="accuracy-plot",
-                         y_bounds=(0.0, 1.0), width=560, height=300)
-    loss = line_plot([{"label": "train", "points": curve("train_loss")},
-                      {"label": "test", "points": curve("test_loss")}],
-                     title="Loss per epoch (cross-entropy)", x_label="epoch", y_label="loss", plot_id="loss-plot",
-                     y_bounds=(0.0, math.inf), width=560, height=300)
+    accuracy, loss = _accuracy_plot(epochs), _loss_plot(epochs)
     rows = []
     for index, row in enumerate(epochs):
         cls = ' class="final"' if index == len(epochs) - 1 else ""
@@ -409,12 +402,42 @@ def _epochs_section(report):
             f'<div class="plots"><div>{accuracy}</div><div>{loss}</div></div>{table}')
 
 
+def _epoch_curve(epochs, key):
+    return [(row.get("epoch"), row.get(key)) for row in epochs]
+
+
+def _accuracy_plot(epochs, standalone=False):
+    return line_plot([{"label": "train", "points": _epoch_curve(epochs, "train_accuracy")},
+                      {"label": "test", "points": _epoch_curve(epochs, "test_accuracy")}],
+                     title="Accuracy per epoch", x_label="epoch", y_label="accuracy", plot_id="accuracy-plot",
+                     y_bounds=(0.0, 1.0), width=560, height=300, standalone=standalone)
+
+
+def _loss_plot(epochs, standalone=False):
+    return line_plot([{"label": "train", "points": _epoch_curve(epochs, "train_loss")},
+                      {"label": "test", "points": _epoch_curve(epochs, "test_loss")}],
+                     title="Loss per epoch (cross-entropy)", x_label="epoch", y_label="loss", plot_id="loss-plot",
+                     y_bounds=(0.0, math.inf), width=560, height=300, standalone=standalone)
+
+
+def _minibatch_plot(losses, standalone=False):
+    count = 0 if losses is None else len(losses)
+    return line_plot(_minibatch_series(losses), title="Mini-batch loss during training", x_label="iteration",
+                     y_label="loss", plot_id="minibatch-plot", y_bounds=(0.0, math.inf), width=1000, height=300,
+                     x_range=(0, count) if count else None, markers=False, standalone=standalone)
+
+
+def plots(report: dict) -> dict:
+    """A run's plots as stand-alone SVG files: {"accuracy.svg", "loss.svg", "minibatch_loss.svg": text}."""
+    epochs = report.get("epochs") or []
+    return {"accuracy.svg": _accuracy_plot(epochs, True), "loss.svg": _loss_plot(epochs, True),
+            "minibatch_loss.svg": _minibatch_plot(report.get("minibatch_loss"), True)}
+
+
 def _minibatch_section(report):
     losses = report.get("minibatch_loss")
     count = 0 if losses is None else len(losses)
-    plot = line_plot(_minibatch_series(losses), title="Mini-batch loss during training", x_label="iteration",
-                     y_label="loss", plot_id="minibatch-plot", y_bounds=(0.0, math.inf), width=1000, height=300,
-                     x_range=(0, count) if count else None, markers=False)
+    plot = _minibatch_plot(losses)
     note = (f'<p class="muted" id="minibatch-count" data-value="{count}">{count} iterations')
     if count > MINIBATCH_BINS:
         note += (f"; the line is the mean loss of each of {MINIBATCH_BINS} runs of consecutive iterations "
@@ -800,21 +823,35 @@ def index_page(runs: list) -> str:
     return _page("mnist-pipeline runs", body, _SCRIPT)
 
 
-def sweep_page(sweep_id: str, runs: list) -> str:
-    """The page of one sweep: its runs (rows as for index_page), best final test accuracy
-    first, with each run's best test accuracy and its epoch (labelled as chosen on the test
-    set: there is no validation split), and all test-accuracy curves on one plot whose y
-    axis fits the data."""
+def _sweep_series(runs):
+    """(runs ranked best final test accuracy first as (index, row), their curves, whether the
+    fitted y axis leaves points below it)."""
     def order(item):
         value = item[1].get("final_test_accuracy")
         return (0, -float(value)) if _finite(value) else (1, 0.0)
 
     ranked = sorted(enumerate(runs), key=order)
     series = [{"label": str(row.get("run_id")), "points": [tuple(p) for p in _curve(row)]} for _, row in ranked]
-    y_range, below = _accuracy_range([s["points"] for s in series])
-    plot = line_plot(series, title="Test accuracy per epoch, every run of the sweep", x_label="epoch",
-                     y_label="test accuracy", plot_id="sweep-plot", y_range=y_range,
-                     width=1000, height=380, markers=False)
+    return ranked, series, _accuracy_range([s["points"] for s in series])[1]
+
+
+def sweep_plot(runs: list, standalone=False) -> str:
+    """The test-accuracy curves of a sweep's runs (rows as for index_page) on one plot, the y axis
+    fitted to the data."""
+    _, series, _ = _sweep_series(runs)
+    y_range, _ = _accuracy_range([s["points"] for s in series])
+    return line_plot(series, title="Test accuracy per epoch, every run of the sweep", x_label="epoch",
+                     y_label="test accuracy", plot_id="sweep-plot", y_range=y_range, width=1000, height=380,
+                     markers=False, standalone=standalone)
+
+
+def sweep_page(sweep_id: str, runs: list) -> str:
+    """The page of one sweep: its runs (rows as for index_page), best final test accuracy
+    first, with each run's best test accuracy and its epoch (labelled as chosen on the test
+    set: there is no validation split), and all test-accuracy curves on one plot whose y
+    axis fits the data."""
+    ranked, _, below = _sweep_series(runs)
+    plot = sweep_plot(runs)
     body = (f'<h1 id="sweep-id" data-value="{_esc(sweep_id)}">{_esc(sweep_id)}</h1>'
             f'<p class="meta" id="run-count" data-value="{len(ranked)}">{len(ranked)} runs, '
             'best final test accuracy first. Click a column\'s header to sort by it.</p>'

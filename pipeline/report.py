@@ -3,7 +3,7 @@
 report/ holds report.json (everything below, in one record), index.html (the page a person opens),
 metrics.json (final figures and per-class test accuracy: numbers only), params.json (what
 defines the run), accuracy.csv (one row per epoch), dvc.yaml (how DVC shows them), report.md,
-accuracy.png and loss.png. Each file is written atomically.
+and the plots accuracy.svg, loss.svg and minibatch_loss.svg. Each file is written atomically.
 """
 
 import csv
@@ -22,8 +22,8 @@ CLASS_NAMES = {
     "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                       "Ankle boot"],
 }
-FILES = ("report.json", "metrics.json", "params.json", "accuracy.csv", "dvc.yaml", "report.md", "accuracy.png",
-         "loss.png", "index.html")
+FILES = ("report.json", "metrics.json", "params.json", "accuracy.csv", "dvc.yaml", "report.md", "accuracy.svg",
+         "loss.svg", "minibatch_loss.svg", "index.html")
 DVC_YAML = """# `dvc metrics show`, `dvc params diff` and `dvc plots show` read this run's report from here.
 metrics:
   - metrics.json
@@ -79,9 +79,8 @@ def write_report(report_dir, report):
     run_id, epochs = report["run_id"], report["epochs"]
     final = {key: report["final"][key] for key in EPOCH_COLUMNS}
     contents = {
+        **pages.plots(report),
         "accuracy.csv": _epochs_csv(epochs),
-        "accuracy.png": _accuracy_plot(epochs, run_id),
-        "loss.png": _loss_plot(np.asarray(report["minibatch_loss"]), epochs, run_id),
         "report.md": _markdown(report),
         "metrics.json": _json({"final": final, "per_class_test_accuracy": dict(
             zip(report["class_names"], report["per_class_accuracy"]))}),
@@ -127,7 +126,8 @@ def _markdown(report):
         f"Dataset **{report['dataset']}**. Final model (iteration {final['iteration']}, epoch "
         f"{final['epoch']:.2f}): train accuracy **{final['train_accuracy']:.4f}**, "
         f"test accuracy **{final['test_accuracy']:.4f}** (test-set loss {final['test_loss']:.4f}).", "",
-        "![accuracy per epoch](accuracy.png)", "", "![loss](loss.png)", "",
+        "![accuracy per epoch](accuracy.svg)", "", "![loss per epoch](loss.svg)", "",
+        "![mini-batch loss](minibatch_loss.svg)", "",
         "## Parameters", "", *[f"- {key}: {value}" for key, value in params.items()], "",
         "## Accuracy per epoch", "",
         "Accuracy and mean cross-entropy over the whole training and test sets at each checkpoint.", "",
@@ -144,49 +144,3 @@ def _markdown(report):
           for name, counts in zip(names, report["confusion_matrix"])], "",
     ]
     return "\n".join(lines)
-
-
-def new_figure():
-    """(figure, axes) of the house size; matplotlib without pyplot, so no global state."""
-    from matplotlib.figure import Figure  # only a plot needs matplotlib: imported late
-
-    figure = Figure(figsize=(8, 5), dpi=100)
-    return figure, figure.add_subplot()
-
-
-def png_bytes(figure):
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def _accuracy_plot(epochs, run_id):
-    figure, axes = new_figure()
-    x = [row["epoch"] for row in epochs]
-    axes.plot(x, [row["train_accuracy"] for row in epochs], marker="o", label="train")
-    axes.plot(x, [row["test_accuracy"] for row in epochs], marker="s", linestyle="--", label="test")
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("accuracy")
-    axes.set_ylim(0, 1.0)
-    axes.set_title(f"Accuracy per epoch, {run_id}")
-    axes.grid(True, alpha=0.3)
-    axes.legend(loc="lower right")
-    return png_bytes(figure)
-
-
-def _loss_plot(losses, epochs, run_id):
-    figure, axes = new_figure()
-    iterations = np.arange(1, losses.size + 1)
-    axes.plot(iterations, losses, linewidth=0.5, alpha=0.4, label="mini-batch loss")
-    window = max(1, min(100, losses.size // 10))
-    if losses.size >= window > 1:
-        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        axes.plot(iterations[window - 1:], smooth, linewidth=1.5, label=f"mini-batch loss, moving average of {window}")
-    axes.plot([row["iteration"] for row in epochs], [row["train_loss"] for row in epochs], "o",
-              label="train-set loss")
-    axes.set_xlabel("iteration")
-    axes.set_ylabel("cross-entropy loss")
-    axes.set_title(f"Loss, {run_id}")
-    axes.grid(True, alpha=0.3)
-    axes.legend(loc="upper right")
-    return png_bytes(figure)

@@ -1,4 +1,4 @@
-"""Comparison of the runs of a sweep: summary.csv, summary.md, test_accuracy.png and
+"""Comparison of the runs of a sweep: summary.csv, summary.md, test_accuracy.svg and
 index.html, from each run's report.json (as pipeline.report writes it)."""
 
 import csv
@@ -7,7 +7,6 @@ from pathlib import Path
 
 from pipeline import pages
 from pipeline.atomic import write_atomically
-from pipeline.report import new_figure, png_bytes
 
 SWEPT = ("hidden_size", "learning_rate", "batch_size", "seed")
 COLUMNS = ("run_id",) + SWEPT + ("iterations", "dtype", "sampling", "final_train_accuracy",
@@ -36,10 +35,10 @@ def write_sweep_summary(directory, sweep_id, reports):
     directory = Path(directory)
     rows = summary_rows(reports)
     curves = {r["run_id"]: [[e["epoch"], e["test_accuracy"]] for e in r["epochs"]] for r in reports}
-    page = pages.sweep_page(sweep_id, [{**row, "curve": curves[row["run_id"]], "dataset": reports[0]["dataset"],
-                                        "href": f"../../{row['run_id']}/report/index.html"} for row in rows])
-    files = {"test_accuracy.png": _plot(reports, sweep_id), "summary.md": _markdown(sweep_id, rows),
-             "index.html": page, "summary.csv": _csv(rows)}
+    shown = [{**row, "curve": curves[row["run_id"]], "dataset": reports[0]["dataset"],
+              "href": f"../../{row['run_id']}/report/index.html"} for row in rows]
+    files = {"test_accuracy.svg": pages.sweep_plot(shown, standalone=True), "summary.md": _markdown(sweep_id, rows),
+             "index.html": pages.sweep_page(sweep_id, shown), "summary.csv": _csv(rows)}
     for name, content in files.items():
         write_atomically(directory / name, content)
     return rows, {name: directory / name for name in files}
@@ -64,16 +63,3 @@ def _markdown(sweep_id, rows):
             f"| {row['final_train_accuracy']:.4f} | {row['final_test_accuracy']:.4f} "
             f"| {row['best_test_accuracy']:.4f} ({row['best_epoch']:.2f}) | `{row['run_id']}` |")
     return "\n".join(lines) + "\n"
-
-
-def _plot(metrics_list, sweep_id):
-    figure, axes = new_figure()
-    for metrics in sorted(metrics_list, key=lambda m: m["run_id"]):
-        epochs = [row["epoch"] for row in metrics["epochs"]]
-        axes.plot(epochs, [row["test_accuracy"] for row in metrics["epochs"]], marker=".", label=metrics["run_id"])
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("test accuracy")
-    axes.set_title(f"Sweep {sweep_id}: test accuracy per epoch")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize="small")
-    return png_bytes(figure)

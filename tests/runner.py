@@ -82,8 +82,9 @@ def outputs(workdir):
         "evaluation": model.evaluation,
         "checkpoints": [p.name for p in checkpoint.list_checkpoints(run_dir / "checkpoints")],
         "report": without_times(json.loads((report_dir / "report.json").read_text())),
-        "files": {name: (report_dir / name).read_bytes() for name in ("accuracy.csv", "report.md", "accuracy.png",
-                                                                      "loss.png", "metrics.json", "params.json")},
+        "files": {name: (report_dir / name).read_bytes() for name in (
+            "accuracy.csv", "report.md", "accuracy.svg", "loss.svg", "minibatch_loss.svg", "metrics.json",
+            "params.json", "dvc.yaml")},
         "runs": [without_times(r) for r in runs.read_runs(Path(workdir, "artifacts", "runs.csv"))
                  if r["run_id"] == run_dir.name],
     }

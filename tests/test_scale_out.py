@@ -74,7 +74,7 @@ def test_two_workers_on_a_central_scheduler_train_each_run_exactly_once(tmp_path
         assert (run_dir / "report" / "metrics.json").exists() and (run_dir / "model.h5").exists()
     (summary,) = Path(tmp_path, "artifacts", "synthetic", "sweeps").glob("*/summary.csv")
     assert len(summary.read_text().splitlines()) == 5
-    assert (summary.parent / "summary.md").exists() and (summary.parent / "test_accuracy.png").exists()
+    assert (summary.parent / "summary.md").exists() and (summary.parent / "test_accuracy.svg").exists()
 
     done = json.loads(urllib.request.urlopen(url + "/api/task_list?data=" + urllib.request.quote(
         json.dumps({"status": "DONE"}))).read())["response"]
