@@ -221,14 +221,13 @@ def publish(local_file, location, *, settings=None, multipart_threshold=MULTIPAR
         with open(local_file, "rb") as body:
             client.put_object(Bucket=bucket, Key=key, Body=body, ContentLength=size, Metadata=metadata)
         return digest
+    part_size = max(part_size, -(-size // 10000))  # S3 takes at most 10,000 parts
     upload = client.create_multipart_upload(Bucket=bucket, Key=key, Metadata=metadata)["UploadId"]
     try:
         parts = []
         with open(local_file, "rb") as handle:
-            for number in range(1, 10001):
-                chunk = handle.read(part_size)
-                if not chunk:
-                    break
+            while chunk := handle.read(part_size):
+                number = len(parts) + 1
                 etag = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=number,
                                           Body=chunk)["ETag"]
                 parts.append({"ETag": etag, "PartNumber": number})
