@@ -21,6 +21,14 @@ takes the same arguments as `luigi` and exits:
   failed in another worker (which this worker does not retry), luigi's code for this worker's
   run (`not_run` or `already_running`): non-zero, and not `task_failed`, which stays the code
   of the worker whose task raised.
+A worker that was killed does not block the others for long: the scheduler hands its running
+tasks out again after [scheduler] worker_disconnect_delay (60 s).
+
+luigi.cfg: the [retcode] section as it is; nothing else is needed. [worker] wait_interval and
+wait_jitter (luigi's own, 1 s and 5 s by default) set how long an idle worker waits before
+scheduling the task again. Leave [worker] keep_alive false (the default): with it, luigi counts
+a task that failed in another worker as pending, so every other worker waits for the
+scheduler's retry_delay (15 minutes) and then runs the failing task again itself.
 """
 
 import logging
@@ -94,20 +102,24 @@ def run(argv):
         except Exception:
             logger.exception("Uncaught exception in luigi")
             return codes.unhandled_exception
-        with CmdlineParser.global_instance(attempt_argv):
-            task_sets = luigi.execution_summary._summary_dict(worker)
-            root = luigi.execution_summary._root_task(worker)
-            failure = _real_failure(codes, task_sets)
-            if failure:
-                return failure
-            if root.complete():
-                return 0
-        waiting_for = _running_elsewhere(worker)
-        if waiting_for:
-            logger.info("%s is not complete; other workers are running %d of its tasks; scheduling it "
-                        "again when they are done", root, len(waiting_for))
-            time.sleep(settings.wait_interval + random.uniform(0, settings.wait_jitter))
-        failed = _failed_elsewhere(worker)
+        try:
+            with CmdlineParser.global_instance(attempt_argv):
+                task_sets = luigi.execution_summary._summary_dict(worker)
+                root = luigi.execution_summary._root_task(worker)
+                failure = _real_failure(codes, task_sets)
+                if failure:
+                    return failure
+                if root.complete():
+                    return 0
+            waiting_for = _running_elsewhere(worker)
+            if waiting_for:
+                logger.info("%s is not complete; other workers are running %d of its tasks; scheduling "
+                            "it again when they are done", root, len(waiting_for))
+                time.sleep(settings.wait_interval + random.uniform(0, settings.wait_jitter))
+            failed = _failed_elsewhere(worker)
+        except Exception:
+            logger.exception("Uncaught exception while checking the shared work")
+            return codes.unhandled_exception
         if not waiting_for or failed:
             if failed:
                 logger.error("%s cannot be completed: %d of its tasks failed in another worker",
