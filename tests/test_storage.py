@@ -234,7 +234,7 @@ HOLDER = """
 
 def test_a_killed_holders_lease_is_taken_over_after_its_ttl(s3):
     location = storage.join(s3.prefix, "lease")
-    ttl = 1.5
+    ttl = 2.0
     holder = run_python(HOLDER, s3.env, location, ttl)
     try:
         assert holder.stdout.readline().strip() == "held"
