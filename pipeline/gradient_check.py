@@ -42,18 +42,24 @@ def check_gradient(network, x, t, entries_per_param, rng):
     return results
 
 
-def gradient_check_report(x_train, labels, *, n_classes, hidden_size, weight_init_std, seed, batch_size=10,
-                          entries_per_param=100, tolerance=1e-6):
+def check_rows(n, seed, batch_size=10):
+    """The sorted training rows the check of a run with this seed uses, and the generator, in the
+    state after drawing them, that then picks the entries (its own stream: the check must not
+    shift training's draws)."""
+    rng = np.random.default_rng([seed, 1])
+    return np.sort(rng.choice(n, size=min(batch_size, n), replace=False)), rng
+
+
+def gradient_check_report(x, t, rng, *, n_classes, hidden_size, weight_init_std, seed, entries_per_param=100,
+                          tolerance=1e-6):
     """Check backprop for a run before it trains: its sizes and its seed's initial weights, in
-    float64, on batch_size training rows drawn by a generator derived from the seed.
-    x_train (n, input_size), labels (n,) integers. Returns a JSON-ready dict; "passed" says
-    whether every parameter's relative error is at most tolerance."""
-    network = TwoLayerNet(x_train.shape[1], hidden_size, n_classes, weight_init_std=weight_init_std,
+    float64, on the rows x (batch, input_size) with labels t (batch,), as check_rows chose them
+    with rng. Returns a JSON-ready dict; "passed" says whether every parameter's relative error
+    is at most tolerance."""
+    network = TwoLayerNet(x.shape[1], hidden_size, n_classes, weight_init_std=weight_init_std,
                           rng=np.random.default_rng(seed), dtype=np.float64)
-    rng = np.random.default_rng([seed, 1])  # its own stream: the check must not shift training's draws
-    rows = np.sort(rng.choice(x_train.shape[0], size=min(batch_size, x_train.shape[0]), replace=False))
-    x = np.asarray(x_train[rows], dtype=np.float64)
-    results = check_gradient(network, x, labels[rows], entries_per_param, rng)
+    x = np.asarray(x, dtype=np.float64)
+    results = check_gradient(network, x, t, entries_per_param, rng)
     worst = max(r["relative_error"] for r in results.values())
     return {
         "passed": bool(worst <= tolerance),
@@ -61,7 +67,6 @@ def gradient_check_report(x_train, labels, *, n_classes, hidden_size, weight_ini
         "worst_relative_error": worst,
         "method": "central difference, h = 1e-4, float64; relative error = |a - b| / (|a| + |b|) (L2 norms)",
         "batch_size": int(x.shape[0]),
-        "batch_rows": rows.tolist(),
         "hidden_size": hidden_size,
         "seed": seed,
         "parameters": results,

@@ -62,6 +62,24 @@ def read_images(path, parts=("train", "test")):
     return data
 
 
+def read_image_rows(path, part, rows=None):
+    """Images (len(rows), 784) float32 of one part at the sorted indices `rows`, read alone
+    instead of the whole part; rows=None gives the part's number of images instead."""
+    path = Path(path)
+    fix = rebuild_hint(path, "NormalizeImages")
+    try:
+        with h5py.File(path, "r") as f:
+            dataset = f.get(part)
+            if not isinstance(dataset, h5py.Dataset):
+                raise DataError(f"{path} lacks {part}: not an output of NormalizeImages; {fix}")
+            _expect(dataset, (None, 784), np.float32, path, part, "NormalizeImages")
+            return dataset.shape[0] if rows is None else dataset[np.asarray(rows)]
+    except DataError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        raise DataError(f"{path} is damaged or not HDF5 ({error}); {fix}") from None
+
+
 def read_labels(path, parts=("train", "test")):
     """{"train_labels" (n,) uint8, "train_one_hot" (n, 10) float32, "test_labels", "test_one_hot", "attrs"},
     for the parts asked."""

@@ -28,7 +28,7 @@ from pipeline.download import (default_mirrors, fetch_dataset, known_train_size,
                                staging_directories, validate_dataset_name)
 from pipeline.errors import DataError, GradientCheckError, ParameterError, PipelineError
 from pipeline.evaluation import BackgroundEvaluator, confusion_matrix, evaluate
-from pipeline.gradient_check import gradient_check_report
+from pipeline.gradient_check import check_rows, gradient_check_report
 from pipeline.network import TwoLayerNet
 from pipeline.sweep import write_sweep_summary
 from pipeline.training import DTYPES, SAMPLINGS, checkpoint_iterations, iterations_per_epoch, train
@@ -527,11 +527,15 @@ class CheckGradient(RunTask):
         return self.data_files()
 
     def make(self):
-        images, labels = self.load_data(parts=("train",))
+        images = self.input()["images"].path
+        labels = processed.read_labels(self.input()["labels"].path, ("train",))
+        rows, rng = check_rows(processed.read_image_rows(images, "train"), self.seed)
         result = gradient_check_report(
-            images["train"], labels["train_labels"], n_classes=labels["train_one_hot"].shape[1],
+            processed.read_image_rows(images, "train", rows), labels["train_labels"][rows], rng,
+            n_classes=labels["train_one_hot"].shape[1],
             hidden_size=self.hidden_size, weight_init_std=self.weight_init_std, seed=self.seed,
             entries_per_param=self.entries_per_param, tolerance=self.tolerance)
+        result["batch_rows"] = rows.tolist()
         if not result["passed"]:
             failed = self.run_dir / "gradient_check.failed.json"
             write_atomically(failed, json.dumps(result, indent=2) + "\n")
