@@ -67,6 +67,9 @@ def build_parser():
                              help="a central luigid's host (default: none, the local scheduler)")
         command.add_argument("--scheduler-port", type=int, default=8082, help="the central luigid's port "
                                                                                "(default: 8082)")
+        command.add_argument("--no-lock", action="store_true",
+                             help="with --scheduler-host: let several identical workers run on one host "
+                                  "(luigi's pid lock turns the second away otherwise)")
         command.set_defaults(handler=run_command)
 
     status = commands.add_parser("status", help="say which tasks of a run are complete, stale or to run; "
@@ -135,18 +138,15 @@ def _target(args):
 def run_command(args):
     target = _target(args)
     if args.scheduler_host:
-        try:
-            socket.create_connection((args.scheduler_host, args.scheduler_port), timeout=3).close()
-        except OSError as error:
-            raise PipelineError(f"cannot reach luigid at {args.scheduler_host}:{args.scheduler_port} ({error}): "
-                                f"start it, or leave out --scheduler-host to use the local scheduler") from None
-    status, failures = build([target], workers=args.workers, scheduler_host=args.scheduler_host,
-                             scheduler_port=args.scheduler_port)
-    code = exit_code(status)
-    if code:
-        for task, message in failures:
+        code = _run_on_scheduler(args)
+        status_name = "see the log above"
+    else:
+        status, failures = build([target], workers=args.workers)
+        code, status_name = exit_code(status), status.name
+        for task, message in failures if code else ():
             print(f"mnist-pipeline: error: {task.get_task_family()} failed: {message}", file=sys.stderr)
-        print(f"mnist-pipeline: the run did not finish ({status.name}); exit code {code}", file=sys.stderr)
+    if code:
+        print(f"mnist-pipeline: the run did not finish ({status_name}); exit code {code}", file=sys.stderr)
         return code
     if args.task_class == "Sweep":
         print(f"sweep: {Path(target.output().path).parent / 'index.html'}")
@@ -159,12 +159,32 @@ def run_command(args):
     return 0
 
 
+def _run_on_scheduler(args):
+    """Run the task as one worker of a central luigid, with the exit code of pipeline.retcodes:
+    0 once the whole task is complete, whichever worker ran which part."""
+    from pipeline import retcodes, tasks
+
+    try:
+        socket.create_connection((args.scheduler_host, args.scheduler_port), timeout=3).close()
+    except OSError as error:
+        raise PipelineError(f"cannot reach luigid at {args.scheduler_host}:{args.scheduler_port} ({error}): "
+                            f"start it, or leave out --scheduler-host to use the local scheduler") from None
+    argv = ["--module", "pipeline.tasks", args.task_class, "--scheduler-host", args.scheduler_host,
+            "--scheduler-port", str(args.scheduler_port), "--workers", str(args.workers)]
+    argv += ["--no-lock"] if args.no_lock else []
+    for name, _ in getattr(tasks, args.task_class).get_params():
+        if getattr(args, name, None) is not None:
+            argv += ["--" + name.replace("_", "-"), getattr(args, name)]
+    return retcodes.run(argv)
+
+
 _failures = []  # (task, message) of the failures in this process, for build()
 
 
-def build(tasks_to_run, workers=1, scheduler_host=None, scheduler_port=8082):
-    """Run tasks and their requirements: (luigi's LuigiStatusCode, [(task, message)] of failures
-    in this process). A bare True from luigi.build only means "no scheduling error"."""
+def build(tasks_to_run, workers=1):
+    """Run tasks and their requirements with the local scheduler: (luigi's LuigiStatusCode,
+    [(task, message)] of failures in this process). A bare True from luigi.build only means
+    "no scheduling error"."""
     import luigi
 
     @luigi.Task.event_handler(luigi.Event.FAILURE)
@@ -172,10 +192,8 @@ def build(tasks_to_run, workers=1, scheduler_host=None, scheduler_port=8082):
         _failures.append((task, user_message(exception) or f"{type(exception).__name__}: {exception}"))
 
     del _failures[:]
-    where = ({"scheduler_host": scheduler_host, "scheduler_port": scheduler_port} if scheduler_host
-             else {"local_scheduler": True})
     try:
-        result = luigi.build(tasks_to_run, detailed_summary=True, workers=workers, **where)
+        result = luigi.build(tasks_to_run, detailed_summary=True, workers=workers, local_scheduler=True)
     finally:
         luigi.Task._event_callbacks.get(luigi.Task, {}).get(luigi.Event.FAILURE, set()).discard(remember)
     return result.status, list(_failures)

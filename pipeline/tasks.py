@@ -188,6 +188,16 @@ class sources(luigi.Config):
 
 # --- the chain ---
 
+class Directory(_Checked, luigi.Parameter):
+    """A local directory (or one on a filesystem the workers share)."""
+
+    def normalize(self, x):
+        if "://" in str(x):
+            raise self.invalid(x, "a directory path: object-storage locations such as s3:// are not supported by "
+                                  "the tasks yet (give a local or shared filesystem path)")
+        return str(x)
+
+
 class PipelineTask(luigi.Task):
     """What every stage shares: the dataset and where its files live and come from.
 
@@ -198,7 +208,7 @@ class PipelineTask(luigi.Task):
 
     dataset = DatasetName(
         default="mnist", description="mnist, fashion-mnist, or the name of a custom IDX dataset in a local directory.")
-    data_dir = luigi.Parameter(
+    data_dir = Directory(
         default="data", significant=False, visibility=HIDDEN, config_path=_from("paths", "data_dir"),
         description="Root of raw/ and processed/ datasets.")
     source_dir = luigi.OptionalParameter(
@@ -410,7 +420,7 @@ class RunTask(PipelineTask):
     """The parameters of one training run: all but the plumbing change the result, so they
     name the run directory (runs.run_name)."""
 
-    artifacts_dir = luigi.Parameter(
+    artifacts_dir = Directory(
         default="artifacts", significant=False, visibility=HIDDEN, config_path=_from("paths", "artifacts_dir"),
         description="Root of the run directories and runs.csv.")
     hidden_size = WholeNumber(default=50, maximum=MAX_HIDDEN, config_path=_from("training", "hidden_size"),

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from runner import workspace
+
 pytestmark = pytest.mark.slow
 
 SWEEP = ["--hidden-sizes", "[16,24]", "--learning-rates", "[0.3,0.6]", "--batch-size", "50",
@@ -57,24 +59,34 @@ def luigid(tmp_path):
     server.wait(timeout=10)
 
 
-def test_two_workers_on_a_central_scheduler_train_each_run_exactly_once(tmp_path, synthetic_source, luigid):
+@pytest.mark.parametrize("route", ["luigi", "cli"])
+def test_three_workers_on_a_central_scheduler_train_each_run_once_and_all_exit_0(tmp_path, synthetic_source, luigid,
+                                                                                  route):
+    """Three workers (--no-lock, as on three hosts) with the shipped luigi.cfg and its [retcode]:
+    plain luigi would exit 40 or 60 in the workers that met a task another one ran."""
     port, url = luigid
-    command = luigi("Sweep", *chain_flags(synthetic_source, tmp_path), *SWEEP,
-                    "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port))
-    workers = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for _ in range(2)]
+    workdir = workspace(tmp_path / "w")
+    scheduler = ["--scheduler-host", "127.0.0.1", "--scheduler-port", str(port)]
+    if route == "luigi":
+        command = [str(Path(sys.executable).parent / "mnist-pipeline-luigi"), "--module", "pipeline.tasks", "Sweep",
+                   "--no-lock", *chain_flags(synthetic_source, workdir), *SWEEP, *scheduler]
+    else:
+        command = [sys.executable, "-m", "pipeline", "sweep", "--no-lock", *chain_flags(synthetic_source, workdir),
+                   *SWEEP, *scheduler]
+    workers = [subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(3)]
     logs = [w.communicate(timeout=300)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], "\n".join(log[-2000:] for log in logs)
+    assert [w.returncode for w in workers] == [0, 0, 0], "\n".join(log[-2000:] for log in logs)
 
-    run_dirs = sorted(Path(tmp_path, "artifacts", "synthetic").glob("h*"))
+    run_dirs = sorted(Path(workdir, "artifacts", "synthetic").glob("h*"))
     assert len(run_dirs) == 4
     starts = "\n".join(logs).count("training from iteration 0")
     assert starts == 4, f"{starts} training starts for 4 runs"
     for run_dir in run_dirs:
-        assert (run_dir / "report" / "metrics.json").exists() and (run_dir / "model.h5").exists()
-    (summary,) = Path(tmp_path, "artifacts", "synthetic", "sweeps").glob("*/summary.csv")
+        assert (run_dir / "report" / "report.json").exists() and (run_dir / "model.h5").exists()
+    (summary,) = Path(workdir, "artifacts", "synthetic", "sweeps").glob("*/summary.csv")
     assert len(summary.read_text().splitlines()) == 5
-    assert (summary.parent / "summary.md").exists() and (summary.parent / "test_accuracy.svg").exists()
+    assert (summary.parent / "index.html").exists() and (summary.parent / "test_accuracy.svg").exists()
 
     done = json.loads(urllib.request.urlopen(url + "/api/task_list?data=" + urllib.request.quote(
         json.dumps({"status": "DONE"}))).read())["response"]
