@@ -167,29 +167,21 @@ BAD_PARAMETERS = [
 ]
 
 
-@pytest.mark.parametrize("flags, message", [
+SWEEP_LISTS = [
     (["--hidden-sizes", "[50.7]"], "invalid hidden_sizes=[50.7]: must be a non-empty list of whole numbers"),
     (["--hidden-sizes", "[true]"], "invalid hidden_sizes=[True]"),
     (["--hidden-sizes", "[0]"], "invalid hidden_sizes=[0]"),
     (["--learning-rates", '["abc"]'], "invalid learning_rates=['abc']: must be a non-empty list of numbers > 0"),
     (["--seeds", "[-1]"], "invalid seeds=[-1]: must be a non-empty list of whole numbers >= 0"),
     (["--seeds", "[]"], "invalid seeds=[]"),
-])
-def test_a_bad_sweep_list_is_a_one_line_error_before_any_file(flags, message, tmp_path):
-    workdir = workspace(tmp_path / "w")
-    done = run(["--module", "pipeline.tasks", "Sweep", "--local-scheduler", "--dataset", "fashion-mnist", *flags],
-               workdir)
-    assert done.returncode == 70
-    errors = [line for line in done.stderr.splitlines() if " ERROR: " in line]
-    assert len(errors) == 1 and message in errors[0], done.stderr
-    assert "Traceback" not in done.stderr
-    assert sorted(p.name for p in workdir.iterdir()) == ["luigi.cfg"]
+]
 
 
-@pytest.mark.parametrize("flags, message", BAD_PARAMETERS)
-def test_a_bad_parameter_is_a_one_line_error_before_any_file(flags, message, tmp_path):
+@pytest.mark.parametrize("task, flags, message", [("EvaluateNetwork", *case) for case in BAD_PARAMETERS]
+                         + [("Sweep", ["--dataset", "fashion-mnist", *flags], message) for flags, message in SWEEP_LISTS])
+def test_a_bad_parameter_is_a_one_line_error_before_any_file(task, flags, message, tmp_path):
     workdir = workspace(tmp_path / "w")
-    done = run(["--module", "pipeline.tasks", "EvaluateNetwork", "--local-scheduler", *flags], workdir)
+    done = run(["--module", "pipeline.tasks", task, "--local-scheduler", *flags], workdir)
     assert done.returncode == 70
     errors = [line for line in done.stderr.splitlines() if " ERROR: " in line]
     assert len(errors) == 1 and message in errors[0], done.stderr
