@@ -1,7 +1,7 @@
 """A run's report: what a person reads, what DVC reads, and the record the HTML pages are made from.
 
 report/ holds report.json (everything below, in one record), index.html (the page a person opens),
-metrics.json (final figures and per-class test accuracy: numbers only), params.json (what
+metrics.json (the final figures: numbers only, as `dvc metrics show` lists them), params.json (what
 defines the run), accuracy.csv (one row per epoch), dvc.yaml (how DVC shows them), report.md,
 and the plots accuracy.svg, loss.svg and minibatch_loss.svg. Each file is written atomically.
 """
@@ -82,8 +82,7 @@ def write_report(report_dir, report):
         **pages.plots(report),
         "accuracy.csv": _epochs_csv(epochs),
         "report.md": _markdown(report),
-        "metrics.json": _json({"final": final, "per_class_test_accuracy": dict(
-            zip(report["class_names"], report["per_class_accuracy"]))}),
+        "metrics.json": _json({"final": final}),
         "params.json": _json({"run_id": run_id, **report["hyperparameters"]}),
         "dvc.yaml": DVC_YAML,
         "report.json": _json(report),
