@@ -17,6 +17,7 @@ import argparse
 import configparser
 import csv
 import json
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -244,10 +245,51 @@ def status_command(args):
 
 # --- inspect ---
 
+def _local_copy(location, keep):
+    """A local path for a run directory or file: the path itself, or for s3:// a copy of the
+    object (or of every object under the prefix) in a temporary directory kept in `keep`."""
+    from pipeline import storage
+
+    if not storage.is_s3(location):
+        return Path(location)
+    import tempfile
+
+    storage.require_backend(location)
+    folder = Path(tempfile.mkdtemp(prefix="mnist-pipeline-"))
+    keep.append(folder)
+    location = location.rstrip("/")
+    names = storage.listing(location)
+    if not names:  # a single object
+        target = folder / location.rsplit("/", 1)[-1]
+        if not storage.exists(location):
+            raise PipelineError(f"{location} does not exist: give a run directory or an .h5 file")
+        target.write_bytes(storage.read_bytes(location))
+        return target
+    root = folder / location.rsplit("/", 1)[-1]
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(storage.read_bytes(f"{location}/{name}"))
+    return root
+
+
 def inspect_command(args):
+    keep = []
+    try:
+        return _inspect(args, keep)
+    finally:
+        for folder in keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _inspect(args, keep):
     if args.path is None:
+        from pipeline import storage
+
+        if storage.is_s3(args.artifacts_dir):
+            rows = storage.read_runs_index(args.artifacts_dir)
+            return _print_runs(rows)
         return show_runs(Path(args.artifacts_dir) / "runs.csv")
-    path = Path(args.path)
+    path = _local_copy(args.path, keep)
     if not path.exists():
         raise PipelineError(f"{path} does not exist: give a run directory or an .h5 file")
     if path.is_dir():
@@ -259,7 +301,10 @@ def inspect_command(args):
 def show_runs(runs_csv):
     if not runs_csv.exists():
         raise PipelineError(f"no runs yet: {runs_csv} does not exist (run `mnist-pipeline run` first)")
-    rows = runs.read_runs(runs_csv)
+    return _print_runs(runs.read_runs(runs_csv))
+
+
+def _print_runs(rows):
     columns = ["run_id", "dataset", "hidden_size", "batch_size", "learning_rate", "iterations", "seed",
                "train_accuracy", "test_accuracy", "finished_at"]
     print_table(columns, [[_short(row.get(c, "")) for c in columns] for row in rows])
@@ -325,7 +370,16 @@ def _short(value):
 # --- predict ---
 
 def predict_command(args):
-    model = Path(args.model)
+    keep = []
+    try:
+        return _predict(args, keep)
+    finally:
+        for folder in keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _predict(args, keep):
+    model = _local_copy(args.model, keep)
     if model.is_dir():
         problem = lineage.problem(model / "lineage" / "TrainNetwork.json", inputs=None)
         if problem:

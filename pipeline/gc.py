@@ -324,7 +324,7 @@ def _spare_checkpoints(run):
     record = run / "lineage" / "TrainNetwork.json"
     if lineage.problem(record, inputs=None) is not None:
         return []
-    outputs = lineage.recorded_outputs(record)
+    outputs = {label: Path(path) for label, path in lineage.recorded_outputs(record).items()}
     numbered = sorted((int(m.group(1)), label) for label in outputs if (m := CHECKPOINT.match(label)))
     if len(numbered) < 2:
         return []

@@ -39,7 +39,7 @@ def add_run(runs_csv, row):
     whole and renamed into place. Keys that are not columns are ignored; missing ones are empty."""
     runs_csv = Path(runs_csv)
     row = {key: row.get(key, "") for key in RUN_COLUMNS}
-    row["finished_at"] = row["finished_at"] or datetime.datetime.now(datetime.timezone.utc).isoformat("T", "seconds")
+    row["finished_at"] = row["finished_at"] or now()
     lock = runs_csv.parent / ".locks" / (runs_csv.name + ".lock")
     with exclusive_lock(lock):
         rows = [r for r in read_runs(runs_csv) if r.get("run_id") != row["run_id"]] + [row]
@@ -48,8 +48,16 @@ def add_run(runs_csv, row):
         writer.writeheader()
         writer.writerows(rows)
         write_atomically(runs_csv, out.getvalue())
-        write_atomically(runs_csv.with_name("index.html"), pages.index_page(
-            [page_row(runs_csv.parent, r) for r in rows]))
+        write_atomically(runs_csv.with_name("index.html"), index_html(runs_csv.parent, rows))
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat("T", "seconds")
+
+
+def index_html(artifacts_dir, rows):
+    """artifacts/index.html for these runs (their curves read from the reports under artifacts_dir)."""
+    return pages.index_page([page_row(artifacts_dir, row) for row in rows])
 
 
 def page_row(artifacts_dir, row):

@@ -258,6 +258,19 @@ def _digest_of(client, bucket, key):
         raise
 
 
+def remote_digest(location, *, settings=None):
+    """The sha256 publish() recorded for the object at location, or None when there is no such
+    object (or it was not written by publish)."""
+    bucket, key = _split(location)
+    return _digest_of(_client(location, settings), bucket, key)
+
+
+def require_backend(location):
+    """ParameterError (one line, what to install) unless s3:// locations can be used here."""
+    if is_s3(location):
+        _import_boto3(location)
+
+
 def fetch(location, cache_dir, *, settings=None):
     """A local path holding location's current content.
 

@@ -7,10 +7,13 @@ DownloadDataset -> NormalizeImages, EncodeLabels -> CheckGradient -> TrainNetwor
 """
 
 import datetime
+import hashlib
 import itertools
 import json
 import math
+import os
 import shutil
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -22,7 +25,7 @@ import numpy as np
 from luigi.parameter import OptionalParameterMixin, ParameterVisibility
 from threadpoolctl import threadpool_limits
 
-from pipeline import checkpoint, lineage, logs, processed, report, runs
+from pipeline import checkpoint, lineage, logs, processed, report, runs, storage
 from pipeline.atomic import atomic_path, exclusive_lock, temporaries_of, write_atomically
 from pipeline.download import (default_mirrors, fetch_dataset, known_train_size, load_raw_dataset,
                                staging_directories, validate_dataset_name)
@@ -189,13 +192,14 @@ class sources(luigi.Config):
 # --- the chain ---
 
 class Directory(_Checked, luigi.Parameter):
-    """A local directory (or one on a filesystem the workers share)."""
+    """A local directory, or s3://bucket/prefix on any S3-compatible store (needs boto3)."""
 
     def normalize(self, x):
-        if "://" in str(x):
-            raise self.invalid(x, "a directory path: object-storage locations such as s3:// are not supported by "
-                                  "the tasks yet (give a local or shared filesystem path)")
-        return str(x)
+        x = str(x)
+        if "://" in x and not storage.is_s3(x):
+            raise self.invalid(x, "a directory path or s3://bucket/prefix")
+        storage.require_backend(x)
+        return x.rstrip("/") if storage.is_s3(x) else x
 
 
 class PipelineTask(luigi.Task):
@@ -229,6 +233,12 @@ class PipelineTask(luigi.Task):
     retries = luigi.OptionalIntParameter(
         default=None, significant=False, visibility=HIDDEN,
         description="Tries per mirror for transient errors; default [sources] retries.")
+    cache_dir = luigi.Parameter(
+        default="cache", significant=False, visibility=HIDDEN, config_path=_from("paths", "cache_dir"),
+        description="With s3:// data or artifacts: this worker's local copies of what it reads and writes.")
+    lease_seconds = Number(
+        default=60.0, significant=False, visibility=HIDDEN, config_path=_from("paths", "lease_seconds"),
+        description="With s3://: how long a task's lock in the bucket outlives a worker that died holding it.")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -249,7 +259,55 @@ class PipelineTask(luigi.Task):
             reason = requirement.stale_reason()
             if reason is not None:
                 return f"{requirement.get_task_family()} would run ({reason})"
-        return lineage.problem(self.record_path(), self.record_inputs())
+        return lineage.problem(self.where(self.record_path()),
+                               {label: self.where(path) for label, path in self.record_inputs().items()})
+
+    # --- where files live: local paths, or local copies of s3:// locations ---
+
+    @property
+    def data_root(self):
+        return _local_root(self.data_dir, self.cache_dir, "data")
+
+    @property
+    def artifacts_root(self):
+        return _local_root(getattr(self, "artifacts_dir", "artifacts"), self.cache_dir, "artifacts")
+
+    def where(self, path):
+        """The location a local path stands for: itself, or its s3:// location when its root is a bucket."""
+        path = Path(path)
+        for root, location in ((self.data_root, self.data_dir), (self.artifacts_root,
+                                                                 getattr(self, "artifacts_dir", None))):
+            if location and storage.is_s3(location) and path.is_relative_to(root):
+                return storage.join(location, *path.relative_to(root).parts)
+        return str(path)
+
+    def remote(self):
+        """Whether this task's outputs live in a bucket."""
+        return storage.is_s3(self.where(self.output().path))
+
+    def pull(self):
+        """With a bucket: the local copies of every requirement's outputs, fetched as recorded."""
+        for requirement in luigi.task.flatten(self.requires()):
+            for location, path in requirement.published_files():
+                _copy_in(location, path, Path(self.cache_dir) / "objects")
+
+    def published_files(self):
+        """[(location, local path)] of the outputs as recorded (with a bucket: its locations)."""
+        record = self.where(self.record_path())
+        entries = (lineage.read_record(record) or {"outputs": {}})["outputs"].values()
+        return [(lineage.resolve(record, entry["path"]), os.path.normpath(self.record_path().parent / entry["path"]))
+                for entry in entries] + [(record, self.record_path())]
+
+    def files_to_publish(self, outputs):
+        """The local files to publish once made, the record last."""
+        return [*outputs.values(), self.record_path()]
+
+    def push(self, paths):
+        """With a bucket: publish these local files (whole), each unless it is there already."""
+        for path in paths:
+            location = self.where(path)
+            if storage.is_s3(location) and storage.remote_digest(location) != lineage.file_digest(path):
+                storage.publish(path, location)
 
     def record_path(self):
         """The task's lineage record: <directory of its output>/lineage/<Task>.json."""
@@ -260,9 +318,10 @@ class PipelineTask(luigi.Task):
         return {}
 
     def run(self):
-        """Make the outputs once: processes running this same task take turns on a lock and the
-        later ones find the work done. Then record what was made from what."""
-        with exclusive_lock(Path(self.lock_root()) / ".locks" / f"{self.task_id}.lock"):
+        """Make the outputs once: processes running this same task take turns on a lock (in the
+        bucket, with s3://) and the later ones find the work done. Then record what was made
+        from what, and with a bucket publish the outputs, the record last."""
+        with self.lock():
             if self.complete():
                 logger.info("%s: made by another process meanwhile", self.task_id)
                 return
@@ -270,12 +329,25 @@ class PipelineTask(luigi.Task):
                 logger.info("removing %s, left by an interrupted run", leftover)
                 shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
             Path(self.record_path()).unlink(missing_ok=True)  # no record vouches for a half-made output
+            if self.remote():
+                self.pull()
             started = time.perf_counter()
             outputs = self.make()
             if outputs is not None:
                 lineage.write_record(self.record_path(), outputs=outputs, inputs=self.record_inputs(),
-                                     task_id=self.task_id, seconds=round(time.perf_counter() - started, 3))
+                                     locate=self.where, task_id=self.task_id,
+                                     seconds=round(time.perf_counter() - started, 3))
+            if self.remote():
+                self.push(self.files_to_publish(outputs))
             self.published()
+
+    def lock(self):
+        """This task's lock: a lease in the bucket with s3://, else a lock file."""
+        if self.remote():
+            root = self.where(Path(self.lock_root()))
+            return storage.Lease(storage.join(root, ".locks", self.task_id), f"{socket.gethostname()}:{os.getpid()}",
+                                 ttl_seconds=self.lease_seconds)
+        return exclusive_lock(Path(self.lock_root()) / ".locks" / f"{self.task_id}.lock")
 
     def make(self):
         """Write the outputs; return {label: path} of them for the lineage record."""
@@ -285,7 +357,7 @@ class PipelineTask(luigi.Task):
         """Called once the record is written."""
 
     def lock_root(self):
-        return self.data_dir
+        return self.data_root
 
     def leftovers(self):
         """Temporary files of an earlier, killed run of this task."""
@@ -306,22 +378,21 @@ class DownloadDataset(PipelineTask):
     """
 
     def output(self):
-        return luigi.LocalTarget(str(Path(self.data_dir) / "raw" / self.dataset / "MANIFEST.json"))
+        return luigi.LocalTarget(str(self.data_root / "raw" / self.dataset / "MANIFEST.json"))
 
     def stale_reason(self):
         """MANIFEST.json is this stage's record: every file must still have the recorded digest,
         and a custom dataset must come from the source directory asked for."""
-        manifest_path = Path(self.output().path)
-        if not manifest_path.exists():
+        manifest_path = self.where(self.output().path)
+        if not storage.exists(manifest_path):
             return "missing"
         try:
-            entries = json.loads(manifest_path.read_text())["files"]
-            for entry in entries.values():
-                path = manifest_path.parent / entry["stored_as"]
-                if not path.is_file():
-                    return f"missing: {path}"
-                if lineage.file_digest(path) != entry["sha256"]:
-                    return f"changed or damaged: {path}"
+            entries = json.loads(storage.read_bytes(manifest_path))["files"]
+            for location, entry in zip(self.raw_files(manifest_path, entries), entries.values()):
+                if not storage.exists(location):
+                    return f"missing: {location}"
+                if lineage.file_digest(location) != entry["sha256"]:
+                    return f"changed or damaged: {location}"
         except (OSError, ValueError, KeyError, TypeError) as error:
             return f"damaged: {manifest_path} ({error})"
         if self.source_dir and known_train_size(self.dataset) is None:
@@ -329,6 +400,24 @@ class DownloadDataset(PipelineTask):
             if sources_now != {str(Path(self.source_dir))}:
                 return f"made from {', '.join(sorted(sources_now))}, not --source-dir {self.source_dir}"
         return None
+
+    def raw_files(self, manifest_path, entries):
+        """The locations of the files a manifest lists, beside it."""
+        folder = manifest_path.rsplit("/", 1)[0] if storage.is_s3(manifest_path) else str(Path(manifest_path).parent)
+        return [storage.join(folder, entry["stored_as"]) if storage.is_s3(folder) else str(Path(folder) / entry[
+            "stored_as"]) for entry in entries.values()]
+
+    def published_files(self):
+        manifest = self.where(self.output().path)
+        entries = json.loads(storage.read_bytes(manifest))["files"]
+        local = Path(self.output().path).parent
+        return [*((location, local / entry["stored_as"]) for location, entry in
+                  zip(self.raw_files(manifest, entries), entries.values())), (manifest, Path(self.output().path))]
+
+    def files_to_publish(self, outputs):
+        manifest = Path(self.output().path)
+        entries = json.loads(manifest.read_text())["files"]
+        return [*(manifest.parent / entry["stored_as"] for entry in entries.values()), manifest]
 
     def leftovers(self):
         return staging_directories(Path(self.output().path).parent)
@@ -378,7 +467,7 @@ class _ProcessTask(PipelineTask):
         return DownloadDataset(**self.data_params())
 
     def output(self):
-        return luigi.LocalTarget(str(Path(self.data_dir) / "processed" / self.dataset / f"{self.kind}.h5"))
+        return luigi.LocalTarget(str(self.data_root / "processed" / self.dataset / f"{self.kind}.h5"))
 
     def record_inputs(self):
         return {"MANIFEST.json": self.input().path}
@@ -459,7 +548,7 @@ class RunTask(PipelineTask):
             check_fits_data(self.batch_size, self.iterations, train_size)
 
     def lock_root(self):
-        return self.artifacts_dir
+        return self.artifacts_root
 
     def run(self):
         self.set_status_message(f"run {self.run_id}")  # luigid's pages show it: runs told apart at a glance
@@ -485,7 +574,7 @@ class RunTask(PipelineTask):
 
     @property
     def run_dir(self):
-        return Path(self.artifacts_dir) / self.dataset / self.run_id
+        return self.artifacts_root / self.dataset / self.run_id
 
     def data_requirements(self):
         return {"images": NormalizeImages(**self.data_params()), "labels": EncodeLabels(**self.data_params())}
@@ -503,6 +592,27 @@ class RunTask(PipelineTask):
                 raise DataError(f"{images_path} has {images[part].shape[0]} {part} images but {labels_path} has "
                                 f"{labels[f'{part}_labels'].shape[0]} labels: rerun to rebuild both from the raw files")
         return images, labels
+
+
+def _local_root(location, cache_dir, kind):
+    """The local directory of a data or artifacts location: itself, or for s3:// a folder of
+    cache_dir named by the location (so two buckets never share one)."""
+    if not storage.is_s3(location):
+        return Path(location)
+    return Path(cache_dir) / f"{kind}-{hashlib.sha256(location.encode()).hexdigest()[:12]}"
+
+
+def _copy_in(location, path, objects):
+    """Make the local file `path` hold the content of `location` (fetched through the
+    digest-keyed cache `objects`), unless it does already."""
+    path = Path(path)
+    if not storage.is_s3(location):
+        return
+    if path.is_file() and lineage.file_digest(path) == storage.remote_digest(location):
+        return
+    cached = storage.fetch(location, objects)
+    with atomic_path(path) as temporary:
+        shutil.copyfile(cached, temporary)
 
 
 def check_fits_data(batch_size, iterations, train_size):
@@ -584,6 +694,11 @@ class TrainNetwork(RunTask):
         per_epoch = iterations_per_epoch(x_train.shape[0], self.batch_size)
         iterations = checkpoint_iterations(x_train.shape[0], self.batch_size, self.iterations)
         folder = self.run_dir / "checkpoints"
+        if self.remote():  # a run another worker started: its checkpoints are in the bucket
+            for iteration in iterations:
+                path = checkpoint.checkpoint_path(folder, iteration)
+                if storage.exists(self.where(path)):
+                    _copy_in(self.where(path), path, Path(self.cache_dir) / "objects")
         kept = checkpoint.valid_prefix(folder, iterations, self.run_id, inputs)
         network, rng, start, losses = self.start_from(kept, x_train.shape[1], n_classes)
 
@@ -593,6 +708,8 @@ class TrainNetwork(RunTask):
                 epoch=iteration / per_epoch, losses=losses_so_far, rng_state=rng.bit_generator.state,
                 hyperparameters=self.hyperparameters(), dataset=self.dataset, run_id=self.run_id, inputs=inputs,
                 data_checksums=images["attrs"].get("source_sha256", {}), per_epoch=per_epoch)
+            if self.remote():  # every epoch reaches the bucket: another worker can resume from it
+                self.push([checkpoint.checkpoint_path(folder, iteration)])
             evaluator.submit(iteration / per_epoch, iteration, network.params)
             self.report_progress(iteration, per_epoch, losses_so_far)
 
@@ -668,22 +785,27 @@ class EvaluateNetwork(RunTask):
         return {"model.h5": self.input()["model"].path, **self.data_files()}
 
     def runs_csv(self):
-        return Path(self.artifacts_dir) / "runs.csv"
+        return self.artifacts_root / "runs.csv"
 
     def stale_reason(self):
         reason = super().stale_reason()
         if reason is None:
-            row = next((r for r in runs.read_runs(self.runs_csv()) if r.get("run_id") == self.run_id), None)
+            index = self.where(self.artifacts_root)
+            if storage.is_s3(index):  # a row object per run: concurrent workers never lose one
+                row = next((r for r in storage.read_runs_index(index) if r.get("run_id") == self.run_id), None)
+            else:
+                row = next((r for r in runs.read_runs(self.runs_csv()) if r.get("run_id") == self.run_id), None)
             expected = {key: str(value) for key, value in self.runs_row().items()}
-            if row is None or any(row.get(key) != value for key, value in expected.items()):
-                reason = f"{self.runs_csv()} lacks the run's row or disagrees with its report"
+            if row is None or any(str(row.get(key)) != value for key, value in expected.items()):
+                reason = f"the runs index ({index}) lacks the run's row or disagrees with its report"
         return reason
 
     def runs_row(self):
-        """The run's row in runs.csv, from its report (finished_at aside)."""
-        final = report.read_report(self.run_dir / "report")["final"]
+        """The run's row in the runs index, from its report (finished_at aside)."""
+        report_json = self.where(self.output().path)
+        final = json.loads(storage.read_bytes(report_json))["final"]
         return {"run_id": self.run_id, **self.hyperparameters(), "train_accuracy": final["train_accuracy"],
-                "test_accuracy": final["test_accuracy"], "report_sha256": lineage.file_digest(self.output().path)}
+                "test_accuracy": final["test_accuracy"], "report_sha256": lineage.file_digest(report_json)}
 
     def leftovers(self):
         return super().leftovers() + temporaries_of(self.run_dir / "report" / "*")
@@ -718,7 +840,14 @@ class EvaluateNetwork(RunTask):
         return files
 
     def published(self):
-        runs.add_run(self.runs_csv(), self.runs_row())
+        row = self.runs_row()
+        runs.add_run(self.runs_csv(), row)
+        index = self.where(self.artifacts_root)
+        if storage.is_s3(index):
+            storage.record_run(index, self.run_id, {**row, "finished_at": runs.now()})
+            rows = storage.read_runs_index(index)
+            storage.write_bytes(storage.join(index, "index.html"), runs.index_html(
+                self.artifacts_root, rows).encode("utf-8"))
 
 
 class Sweep(RunTask):
@@ -767,7 +896,7 @@ class Sweep(RunTask):
         return [EvaluateNetwork(**combination) for combination in self.combinations()]
 
     def output(self):
-        return luigi.LocalTarget(str(Path(self.artifacts_dir) / self.dataset / "sweeps" / self.sweep_id / "summary.csv"))
+        return luigi.LocalTarget(str(self.artifacts_root / self.dataset / "sweeps" / self.sweep_id / "summary.csv"))
 
     def record_inputs(self):
         return {task.run_id: target.path for task, target in zip(self.requires(), self.input())}
