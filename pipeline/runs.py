@@ -61,11 +61,20 @@ def index_html(artifacts_dir, rows):
 
 
 def page_row(artifacts_dir, row):
-    """A runs.csv row as the pages show it: numbers as numbers, the run's page and its curve."""
-    report_dir = Path(artifacts_dir) / row["dataset"] / row["run_id"] / "report"
+    """A runs.csv row as the pages show it: numbers as numbers, the run's page and its curve.
+    artifacts_dir: a local directory or an s3:// location."""
+    from pipeline import storage
+
+    report_json = storage.join(str(artifacts_dir), row["dataset"], row["run_id"], "report", "report.json") \
+        if storage.is_s3(str(artifacts_dir)) else Path(artifacts_dir) / row["dataset"] / row["run_id"] / "report" \
+        / "report.json"
     try:
-        epochs = json.loads((report_dir / "report.json").read_text())["epochs"]
+        epochs = json.loads(storage.read_bytes(str(report_json)))["epochs"]
     except (OSError, ValueError, KeyError, TypeError):
+        epochs = []
+    except Exception as error:  # a missing object
+        if "NoSuchKey" not in str(error) and "404" not in str(error):
+            raise
         epochs = []
     shown = {key: _number(value) for key, value in row.items()}
     return {**shown, "final_train_accuracy": shown.get("train_accuracy"),

@@ -845,9 +845,11 @@ class EvaluateNetwork(RunTask):
         index = self.where(self.artifacts_root)
         if storage.is_s3(index):
             storage.record_run(index, self.run_id, {**row, "finished_at": runs.now()})
-            rows = storage.read_runs_index(index)
-            storage.write_bytes(storage.join(index, "index.html"), runs.index_html(
-                self.artifacts_root, rows).encode("utf-8"))
+            # writers take turns, each after recording its row: the last one writes every row
+            with storage.Lease(storage.join(index, ".locks", "index.html"), f"{socket.gethostname()}:{os.getpid()}",
+                               ttl_seconds=self.lease_seconds):
+                rows = storage.read_runs_index(index)
+                storage.write_bytes(storage.join(index, "index.html"), runs.index_html(index, rows).encode())
 
 
 class Sweep(RunTask):
