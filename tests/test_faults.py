@@ -163,7 +163,7 @@ BAD_PARAMETERS = [
     (["--dataset", "runs.csv"], "invalid dataset='runs.csv'"),
     (["--hidden-size", "10000000"], "invalid hidden_size=10000000: must be a whole number >= 1 and <= 100000"),
     (["--workers", "0"], "invalid workers=0: must be a whole number >= 1"),
-    (["--artifacts-dir", "s3://bucket/art"], "invalid artifacts_dir=s3://bucket/art: must be a directory path"),
+    (["--artifacts-dir", "ftp://host/art"], "invalid artifacts_dir=ftp://host/art: must be a directory path or s3://"),
 ]
 
 
