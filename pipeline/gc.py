@@ -324,7 +324,7 @@ def _spare_checkpoints(run):
     record = run / "lineage" / "TrainNetwork.json"
     if lineage.problem(record, inputs=None) is not None:
         return []
-    outputs = {label: Path(path) for label, path in lineage.recorded_outputs(record).items()}
+    outputs = {label: run / label for label in lineage.recorded_outputs(record)}  # labels are paths in the run
     numbered = sorted((int(m.group(1)), label) for label in outputs if (m := CHECKPOINT.match(label)))
     if len(numbered) < 2:
         return []
