@@ -1,11 +1,13 @@
 """Share-nothing workers: data and artifacts in an S3-compatible bucket (moto's server on
 127.0.0.1), each worker in a working directory of its own, luigid handing out the tasks."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,10 @@ def test_three_share_nothing_workers_run_a_sweep_through_the_bucket(tmp_path, s3
     logs = [w.communicate(timeout=300)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0, 0], "\n".join(log[-3000:] for log in logs)
     assert "\n".join(logs).count("training from iteration 0") == 4
+    done = json.loads(urllib.request.urlopen(url + "/api/task_list?data=" + urllib.request.quote(
+        json.dumps({"status": "DONE"}))).read())["response"]
+    families = [task["name"] for task in done.values()]
+    assert (families.count("TrainNetwork"), families.count("EvaluateNetwork"), families.count("Sweep")) == (4, 4, 1)
 
     names = storage.listing(f"s3://{s3.bucket}", settings=s3.settings)
     assert not [n for n in names if n.endswith((".tmp", ".partial")) or "/.locks/" in n]  # leases released
