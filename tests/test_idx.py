@@ -1,7 +1,6 @@
 """IDX reading: every kind of damage is a DataError naming the file and the problem."""
 
 import gzip
-import os
 import struct
 
 import numpy as np

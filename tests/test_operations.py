@@ -2,7 +2,6 @@
 runs and backfills with Luigi's range tools, failure mail."""
 
 import json
-import os
 import re
 import shutil
 import subprocess

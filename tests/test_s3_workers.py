@@ -16,7 +16,7 @@ from pipeline import checkpoint, storage
 from pipeline.network import PARAM_NAMES
 from runner import RUN, REPO, run, workspace
 from s3server import FaultyProxy, S3Server
-from test_scale_out import SWEEP, luigid  # noqa: F401  (the luigid fixture)
+from test_scale_out import SWEEP
 
 pytestmark = pytest.mark.slow
 

@@ -1,11 +1,8 @@
 """Sweeps on Luigi's central scheduler with several workers."""
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -26,37 +23,6 @@ def chain_flags(source, workdir):
 
 def luigi(*args):
     return [sys.executable, "-m", "luigi", "--module", "pipeline.tasks", *args]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def luigid(tmp_path):
-    """A central scheduler on 127.0.0.1 with its own state file; shut down afterwards."""
-    port = free_port()
-    config = tmp_path / "luigid.cfg"
-    config.write_text(f"[scheduler]\nstate_path = {tmp_path / 'luigid-state'}\n")
-    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config)}
-    server = subprocess.Popen([sys.executable, "-c", "import luigi.cmdline; luigi.cmdline.luigid()",
-                               "--address", "127.0.0.1", "--port", str(port)],
-                              env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/api/task_list?data={}", timeout=1).read()
-            break
-        except OSError:
-            assert server.poll() is None, "luigid exited"
-            assert time.monotonic() < deadline, "luigid did not start"
-            time.sleep(0.1)
-    yield port, url
-    server.terminate()
-    server.wait(timeout=10)
 
 
 @pytest.mark.parametrize("route", ["luigi", "cli"])
