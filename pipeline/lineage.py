@@ -68,10 +68,6 @@ def read_record(record_path):
         record = json.loads(storage.read_bytes(str(record_path)))
     except (OSError, ValueError):
         return None
-    except Exception as error:  # a missing object (botocore's NoSuchKey)
-        if "NoSuchKey" in str(error) or "404" in str(error):
-            return None
-        raise
     ok = isinstance(record, dict) and all(isinstance(record.get(k), dict) for k in ("outputs", "inputs"))
     return record if ok else None
 

@@ -72,10 +72,6 @@ def page_row(artifacts_dir, row):
         epochs = json.loads(storage.read_bytes(str(report_json)))["epochs"]
     except (OSError, ValueError, KeyError, TypeError):
         epochs = []
-    except Exception as error:  # a missing object
-        if "NoSuchKey" not in str(error) and "404" not in str(error):
-            raise
-        epochs = []
     shown = {key: _number(value) for key, value in row.items()}
     return {**shown, "final_train_accuracy": shown.get("train_accuracy"),
             "final_test_accuracy": shown.get("test_accuracy"),

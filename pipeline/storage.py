@@ -146,7 +146,9 @@ def _error_code(error):
 
 
 def _is_client_error(error, *codes):
-    return type(error).__name__ == "ClientError" and _error_code(error) in codes
+    """Whether error is a botocore ClientError (or one of the subclasses botocore makes per code,
+    such as NoSuchKey) with one of these codes."""
+    return any(cls.__name__ == "ClientError" for cls in type(error).__mro__) and _error_code(error) in codes
 
 
 _MISSING = ("404", "NoSuchKey", "NotFound")
@@ -368,7 +370,7 @@ def listing(prefix_location, *, settings=None):
 
 
 def read_bytes(location, *, settings=None):
-    """The whole content of the object at location."""
+    """The whole content of the object at location; FileNotFoundError when there is none."""
     if not is_s3(location):
         return Path(location).read_bytes()
     bucket, key = _split(location)
@@ -380,7 +382,12 @@ def read_bytes(location, *, settings=None):
         else:
             parts.append(chunk)
 
-    _read_object(_client(location, settings), bucket, key, location, sink)
+    try:
+        _read_object(_client(location, settings), bucket, key, location, sink)
+    except Exception as error:
+        if _is_client_error(error, *_MISSING):
+            raise FileNotFoundError(location) from None
+        raise
     return b"".join(parts)
 
 
