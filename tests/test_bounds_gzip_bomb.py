@@ -14,7 +14,8 @@ import pytest
 from fakedata import make_idx_dataset
 from pipeline.idx import MAX_CONTENT_BYTES
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS is read from /proc")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS is read from /proc")]
 
 BOMB_CONTENT = 3 << 30  # bytes of zeros behind the header: more than MAX_CONTENT_BYTES
 RSS_BOUND_MB = 400

@@ -19,6 +19,8 @@ from pipeline import storage
 from pipeline.errors import ParameterError
 from s3server import FaultyProxy, S3Server
 
+pytestmark = pytest.mark.slow  # servers on 127.0.0.1 and processes racing: tens of seconds
+
 MiB = 1024 * 1024
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # servers on 127.0.0.1 and processes racing: tens of seconds
+
 TESTS = Path(__file__).resolve().parent
 
 # The [retcode] section of the repo's luigi.cfg, word for word, and what the workers add to it.
