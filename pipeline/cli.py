@@ -272,16 +272,21 @@ def _local_copy(location, keep):
     return root
 
 
-def inspect_command(args):
-    keep = []
-    try:
-        return _inspect(args, keep)
-    finally:
-        for folder in keep:
-            shutil.rmtree(folder, ignore_errors=True)
+def _removing_copies(command):
+    """command(args, keep), then the temporary folders _local_copy listed in keep are removed."""
+    def run(args):
+        keep = []
+        try:
+            return command(args, keep)
+        finally:
+            for folder in keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    return run
 
 
-def _inspect(args, keep):
+@_removing_copies
+def inspect_command(args, keep):
     if args.path is None:
         from pipeline import storage
 
@@ -369,16 +374,8 @@ def _short(value):
 
 # --- predict ---
 
-def predict_command(args):
-    keep = []
-    try:
-        return _predict(args, keep)
-    finally:
-        for folder in keep:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _predict(args, keep):
+@_removing_copies
+def predict_command(args, keep):
     model = _local_copy(args.model, keep)
     if model.is_dir():
         problem = lineage.problem(model / "lineage" / "TrainNetwork.json", inputs=None)

@@ -52,7 +52,7 @@ class KnownDataset:
     train_size: int = 60000
 
 
-# Facts from DESIGN.md: sizes and hashes of the published files.
+# The published files' hashes (md5 and sha256 of the .gz, sha256 of the content).
 KNOWN_DATASETS = {
     "mnist": KnownDataset(
         mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
