@@ -65,11 +65,9 @@ def page_row(artifacts_dir, row):
     artifacts_dir: a local directory or an s3:// location."""
     from pipeline import storage
 
-    report_json = storage.join(str(artifacts_dir), row["dataset"], row["run_id"], "report", "report.json") \
-        if storage.is_s3(str(artifacts_dir)) else Path(artifacts_dir) / row["dataset"] / row["run_id"] / "report" \
-        / "report.json"
+    report_json = storage.join(artifacts_dir, row["dataset"], row["run_id"], "report", "report.json")
     try:
-        epochs = json.loads(storage.read_bytes(str(report_json)))["epochs"]
+        epochs = json.loads(storage.read_bytes(report_json))["epochs"]
     except (OSError, ValueError, KeyError, TypeError):
         epochs = []
     shown = {key: _number(value) for key, value in row.items()}

@@ -404,8 +404,7 @@ class DownloadDataset(PipelineTask):
     def raw_files(self, manifest_path, entries):
         """The locations of the files a manifest lists, beside it."""
         folder = manifest_path.rsplit("/", 1)[0] if storage.is_s3(manifest_path) else str(Path(manifest_path).parent)
-        return [storage.join(folder, entry["stored_as"]) if storage.is_s3(folder) else str(Path(folder) / entry[
-            "stored_as"]) for entry in entries.values()]
+        return [storage.join(folder, entry["stored_as"]) for entry in entries.values()]
 
     def published_files(self):
         manifest = self.where(self.output().path)
