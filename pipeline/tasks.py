@@ -268,16 +268,15 @@ class PipelineTask(luigi.Task):
     def data_root(self):
         return _local_root(self.data_dir, self.cache_dir, "data")
 
-    @property
-    def artifacts_root(self):
-        return _local_root(getattr(self, "artifacts_dir", "artifacts"), self.cache_dir, "artifacts")
+    def roots(self):
+        """[(local root, the location it stands for)] of the files this task reads and writes."""
+        return [(self.data_root, self.data_dir)]
 
     def where(self, path):
         """The location a local path stands for: itself, or its s3:// location when its root is a bucket."""
         path = Path(path)
-        for root, location in ((self.data_root, self.data_dir), (self.artifacts_root,
-                                                                 getattr(self, "artifacts_dir", None))):
-            if location and storage.is_s3(location) and path.is_relative_to(root):
+        for root, location in self.roots():
+            if storage.is_s3(location) and path.is_relative_to(root):
                 return storage.join(location, *path.relative_to(root).parts)
         return str(path)
 
@@ -545,6 +544,13 @@ class RunTask(PipelineTask):
         train_size = known_train_size(self.dataset)
         if train_size is not None:
             check_fits_data(self.batch_size, self.iterations, train_size)
+
+    @property
+    def artifacts_root(self):
+        return _local_root(self.artifacts_dir, self.cache_dir, "artifacts")
+
+    def roots(self):
+        return [*super().roots(), (self.artifacts_root, self.artifacts_dir)]
 
     def lock_root(self):
         return self.artifacts_root
