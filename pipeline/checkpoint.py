@@ -183,12 +183,18 @@ def _check_consistent(c):
         raise CheckpointError(f"{c.path} is inconsistent ({'; '.join(problems)}): {FIX}")
 
 
+def iteration_of(path):
+    """The iteration a checkpoint file's name says (iter-00000600.h5: 600), or None for other names."""
+    match = NAME.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
 def list_checkpoints(checkpoint_dir):
     """Checkpoint files in iteration order (temporary files and other names are ignored)."""
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         return []
-    named = [(int(match.group(1)), p) for p in checkpoint_dir.iterdir() if (match := NAME.match(p.name))]
+    named = [(iteration_of(p), p) for p in checkpoint_dir.iterdir() if iteration_of(p) is not None]
     return [p for _, p in sorted(named)]
 
 

@@ -38,13 +38,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import lineage, pages, runs
+from pipeline import checkpoint, lineage, pages, runs
 from pipeline.atomic import exclusive_lock, write_atomically
 
 TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 STAGING = re.compile(r"^\..+\.[A-Za-z0-9_]+\.partial$")
 RUN_NAME = re.compile(r"^h\d+-b\d+-lr\S+-s\d+(-\d{4}-\d{2}-\d{2})?-[0-9a-f]{8}$")
-CHECKPOINT = re.compile(r"^checkpoints/iter-(\d{8,})\.h5$")
 RUN_TASKS = ("CheckGradient", "TrainNetwork", "EvaluateNetwork")
 
 
@@ -325,7 +324,8 @@ def _spare_checkpoints(run):
     if lineage.problem(record, inputs=None) is not None:
         return []
     outputs = {label: run / label for label in lineage.recorded_outputs(record)}  # labels are paths in the run
-    numbered = sorted((int(m.group(1)), label) for label in outputs if (m := CHECKPOINT.match(label)))
+    numbered = sorted((checkpoint.iteration_of(label), label) for label in outputs
+                      if label.startswith("checkpoints/") and checkpoint.iteration_of(label) is not None)
     if len(numbered) < 2:
         return []
     last = outputs[numbered[-1][1]].name

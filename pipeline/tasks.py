@@ -835,7 +835,7 @@ class EvaluateNetwork(RunTask):
             gradient_check=json.loads(Path(gradient_check.output().path).read_text()),
             digests={"data": {k: lineage.file_digest(p) for k, p in self.data_files().items()},
                      "model": lineage.file_digest(model.path)},
-            checkpoints=[{"file": label.split("/")[-1], "iteration": int(label.split("-")[-1][:-3]),
+            checkpoints=[{"file": Path(label).name, "iteration": checkpoint.iteration_of(label),
                           "sha256": entry["sha256"]} for label, entry in trained.items() if label != "model.h5"],
             stage_seconds={name: record.get("seconds") for name, record in records.items() if record},
             created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
