@@ -64,7 +64,7 @@ class BackgroundEvaluator:
 
     def __init__(self, x_train, t_train, x_test, t_test, n_classes, chunk_size=CHUNK_ROWS):
         self.splits = [(x, to_indices(t, n_classes)) for x, t in ((x_train, t_train), (x_test, t_test))]
-        self.chunk_size = chunk_size
+        self.spans = [_spans(x.shape[0], chunk_size) for x, _ in self.splits]  # the chunks of each split
         self.snapshots = []  # (epoch, iteration, [[chunk result] per split])
         self.jobs = queue.SimpleQueue()
         self.pending = 0
@@ -74,12 +74,12 @@ class BackgroundEvaluator:
         self.thread.start()
 
     def submit(self, epoch, iteration, params):
-        results = [[None] * len(_spans(x.shape[0], self.chunk_size)) for x, _ in self.splits]
+        results = [[None] * len(spans) for spans in self.spans]
         self.snapshots.append((epoch, iteration, results))
-        for k, (x, _) in enumerate(self.splits):
-            for i, span in enumerate(_spans(x.shape[0], self.chunk_size)):
-                with self.done:
-                    self.pending += 1
+        with self.done:
+            self.pending += sum(len(spans) for spans in self.spans)
+        for k, spans in enumerate(self.spans):
+            for i, span in enumerate(spans):
                 self.jobs.put((params, k, i, span, results))
 
     def results(self):

@@ -824,22 +824,21 @@ def index_page(runs: list) -> str:
 
 
 def _sweep_series(runs):
-    """(runs ranked best final test accuracy first as (index, row), their curves, whether the
-    fitted y axis leaves points below it)."""
+    """(runs ranked best final test accuracy first as (index, row), their curves, the fitted
+    y range, whether it leaves points below it)."""
     def order(item):
         value = item[1].get("final_test_accuracy")
         return (0, -float(value)) if _finite(value) else (1, 0.0)
 
     ranked = sorted(enumerate(runs), key=order)
     series = [{"label": str(row.get("run_id")), "points": [tuple(p) for p in _curve(row)]} for _, row in ranked]
-    return ranked, series, _accuracy_range([s["points"] for s in series])[1]
+    return (ranked, series, *_accuracy_range([s["points"] for s in series]))
 
 
 def sweep_plot(runs: list, standalone=False) -> str:
     """The test-accuracy curves of a sweep's runs (rows as for index_page) on one plot, the y axis
     fitted to the data."""
-    _, series, _ = _sweep_series(runs)
-    y_range, _ = _accuracy_range([s["points"] for s in series])
+    _, series, y_range, _ = _sweep_series(runs)
     return line_plot(series, title="Test accuracy per epoch, every run of the sweep", x_label="epoch",
                      y_label="test accuracy", plot_id="sweep-plot", y_range=y_range, width=1000, height=380,
                      markers=False, standalone=standalone)
@@ -850,7 +849,7 @@ def sweep_page(sweep_id: str, runs: list) -> str:
     first, with each run's best test accuracy and its epoch (labelled as chosen on the test
     set: there is no validation split), and all test-accuracy curves on one plot whose y
     axis fits the data."""
-    ranked, _, below = _sweep_series(runs)
+    ranked, _, _, below = _sweep_series(runs)
     plot = sweep_plot(runs)
     body = (f'<h1 id="sweep-id" data-value="{_esc(sweep_id)}">{_esc(sweep_id)}</h1>'
             f'<p class="meta" id="run-count" data-value="{len(ranked)}">{len(ranked)} runs, '
