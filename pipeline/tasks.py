@@ -825,14 +825,14 @@ class EvaluateNetwork(RunTask):
             raise PipelineError(f"{model.path}: its figures do not match its weights (final test accuracy "
                                 f"{test_accuracy:.4f} recomputed); delete it and rerun to train it again")
         gradient_check = CheckGradient(**self.run_params())
-        records = {task.get_task_family(): lineage.read_record(task.record_path()) or {}
+        records = {task.get_task_family(): lineage.read_record(task.where(task.record_path())) or {}
                    for task in (self.requires()["model"], gradient_check, *self.data_requirements().values())}
         trained = records["TrainNetwork"].get("outputs", {})
         built = report.build_report(
             run_id=self.run_id, dataset=self.dataset, hyperparameters=self.hyperparameters(), epochs=rows,
             confusion=confusion_matrix(labels["test_labels"], predictions, n_classes),
             minibatch_losses=model.losses,
-            gradient_check=json.loads(Path(gradient_check.output().path).read_text()),
+            gradient_check=json.loads(storage.read_bytes(gradient_check.where(gradient_check.output().path))),
             digests={"data": {k: lineage.file_digest(p) for k, p in self.data_files().items()},
                      "model": lineage.file_digest(model.path)},
             checkpoints=[{"file": Path(label).name, "iteration": checkpoint.iteration_of(label),

@@ -99,6 +99,11 @@ def test_three_share_nothing_workers_run_a_sweep_through_the_bucket(tmp_path, s3
     assert [n for n in names if n.startswith("artifacts/synthetic/sweeps/") and n.endswith("summary.csv")]
     rows = storage.read_runs_index(f"s3://{s3.bucket}/artifacts", settings=s3.settings)
     assert len(rows) == 4 and len({r["run_id"] for r in rows}) == 4
+    for run_id in weights_on_disk(reference / "artifacts"):  # made by whichever worker: nothing missing
+        full = json.loads(storage.read_bytes(f"s3://{s3.bucket}/artifacts/synthetic/{run_id}/report/report.json",
+                                             settings=s3.settings))
+        assert full["gradient_check"]["passed"] and len(full["checkpoints"]) == 4
+        assert set(full["stage_seconds"]) == {"TrainNetwork", "CheckGradient", "NormalizeImages", "EncodeLabels"}
     page = storage.read_bytes(f"s3://{s3.bucket}/artifacts/index.html", settings=s3.settings).decode()
     assert all(row["run_id"] in page for row in rows) and page.count('"curve":[[') == 4
     assert weights_in_bucket(s3, "artifacts") == weights_on_disk(reference / "artifacts")
