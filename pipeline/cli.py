@@ -222,7 +222,7 @@ def exit_code(status):
 # --- status ---
 
 def status_command(args):
-    from pipeline import tasks
+    from pipeline import storage, tasks
 
     target = _target(args)
     seen, rows = set(), []
@@ -234,7 +234,8 @@ def status_command(args):
         for requirement in tasks.luigi.task.flatten(task.requires()):
             visit(requirement)
         reason = task.stale_reason()
-        state = "complete" if reason is None else "stale" if task.output().exists() else "to run"
+        made = storage.exists(task.where(task.output().path))  # in the bucket, with s3://
+        state = "complete" if reason is None else "stale" if made else "to run"
         where = getattr(task, "run_id", task.dataset)
         rows.append([task.get_task_family(), where, state, reason or ""])
 
