@@ -34,6 +34,7 @@ FORMAT_VERSION = 2
 MAX_VALUES = 200_000_000  # weights and losses together: refused before reading, not after running out of memory
 NAME = re.compile(r"^iter-(\d{8,})\.h5$")  # 8 digits, more past iteration 99,999,999
 REQUIRED_ATTRS = ("iteration", "epoch", "rng_state", "hyperparameters", "run_id", "format_version")
+ABSENT = "never saved"  # what trusted() says of a checkpoint with neither a file nor a record
 FIX = "rerun the training command: it is made again from the last good checkpoint before it"
 
 
@@ -198,14 +199,18 @@ def list_checkpoints(checkpoint_dir):
     return [p for _, p in sorted(named)]
 
 
-def valid_prefix(checkpoint_dir, iterations, run_id, inputs):
+def valid_prefix(checkpoint_dir, iterations, run_id, inputs, trusted):
     """[Checkpoint] at the given iterations, in order, up to (not including) the first one that
-    is missing, does not load, or was made by another run or from other inputs: what a resume
-    may build on. Each one refused is logged with the reason; nothing is deleted."""
+    is missing, does not match its record (trusted(path) -> None, or why not), does not load,
+    or was made by another run or from other inputs: what a resume may build on. Each one
+    refused is logged with the reason; nothing is deleted."""
     loaded = []
     for iteration in iterations:
         path = checkpoint_path(checkpoint_dir, iteration)
-        if not path.exists():
+        distrust = trusted(path)
+        if distrust:
+            if distrust is not ABSENT:
+                logger.warning("not resuming from %s or later: %s", path, distrust)
             break
         try:
             c = load_checkpoint(path)

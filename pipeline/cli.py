@@ -103,8 +103,9 @@ def build_parser():
     gc.set_defaults(handler=gc_command)
 
     diff = commands.add_parser("diff", help="compare two finished runs: parameters and final figures")
-    diff.add_argument("run_a", help="a run directory")
-    diff.add_argument("run_b", help="another run directory")
+    diff.add_argument("run_a", help="a run directory (or s3 location), or a run id")
+    diff.add_argument("run_b", help="another run directory, or a run id")
+    diff.add_argument("--artifacts-dir", default="artifacts", help="where run ids are looked up (default: artifacts)")
     diff.set_defaults(handler=diff_command)
     return parser
 
@@ -137,7 +138,11 @@ def _target(args):
 # --- run ---
 
 def run_command(args):
+    from pipeline import storage
+
     target = _target(args)
+    for location in {target.data_dir, target.artifacts_dir}:
+        storage.check_reachable(location)
     if args.scheduler_host:
         code = _run_on_scheduler(args)
         status_name = "see the log above"
@@ -150,11 +155,11 @@ def run_command(args):
         print(f"mnist-pipeline: the run did not finish ({status_name}); exit code {code}", file=sys.stderr)
         return code
     if args.task_class == "Sweep":
-        print(f"sweep: {Path(target.output().path).parent / 'index.html'}")
+        print(f"sweep: {storage.join(storage.parent(target.output().location), 'index.html')}")
         return 0
-    final = json.loads(Path(target.output().path).read_text())["final"]
-    print(f"run:    {target.run_dir}")
-    print(f"report: {target.run_dir / 'report' / 'report.md'}")
+    final = json.loads(storage.read_bytes(target.output().location))["final"]
+    print(f"run:    {target.run_location}")
+    print(f"report: {storage.join(target.run_location, 'report', 'report.md')}")
     print(f"final train accuracy {final['train_accuracy']:.4f}, test accuracy {final['test_accuracy']:.4f} "
           f"after {final['iteration']} iterations")
     return 0
@@ -225,6 +230,8 @@ def status_command(args):
     from pipeline import storage, tasks
 
     target = _target(args)
+    for location in {target.data_dir, getattr(target, "artifacts_dir", target.data_dir)}:
+        storage.check_reachable(location)
     seen, rows = set(), []
 
     def visit(task):
@@ -234,7 +241,7 @@ def status_command(args):
         for requirement in tasks.luigi.task.flatten(task.requires()):
             visit(requirement)
         reason = task.stale_reason()
-        made = storage.exists(task.where(task.output().path))  # in the bucket, with s3://
+        made = reason is None or task.output().exists()
         state = "complete" if reason is None else "stale" if made else "to run"
         where = getattr(task, "run_id", task.dataset)
         rows.append([task.get_task_family(), where, state, reason or ""])
@@ -247,30 +254,18 @@ def status_command(args):
 # --- inspect ---
 
 def _local_copy(location, keep):
-    """A local path for a run directory or file: the path itself, or for s3:// a copy of the
+    """A local path holding a run directory or file: the path itself on a disk, or a copy of the
     object (or of every object under the prefix) in a temporary directory kept in `keep`."""
-    from pipeline import storage
-
-    if not storage.is_s3(location):
-        return Path(location)
     import tempfile
 
-    storage.require_backend(location)
+    from pipeline import storage
+
+    location = storage.parse(location)
+    if not storage.is_remote(location):
+        return Path(location)
     folder = Path(tempfile.mkdtemp(prefix="mnist-pipeline-"))
     keep.append(folder)
-    location = location.rstrip("/")
-    names = storage.listing(location)
-    if not names:  # a single object
-        target = folder / location.rsplit("/", 1)[-1]
-        if not storage.exists(location):
-            raise PipelineError(f"{location} does not exist: give a run directory or an .h5 file")
-        target.write_bytes(storage.read_bytes(location))
-        return target
-    root = folder / location.rsplit("/", 1)[-1]
-    for name in names:
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(storage.read_bytes(f"{location}/{name}"))
-    return root
+    return storage.local_copy(location, folder)
 
 
 def _removing_copies(command):
@@ -286,28 +281,40 @@ def _removing_copies(command):
     return run
 
 
+def _run_location(text, artifacts_dir):
+    """A run directory's location: `text` itself when something is there, else the run of that id
+    in the runs index of artifacts_dir."""
+    from pipeline import storage
+
+    location = storage.parse(text)
+    if storage.exists(location) or storage.listing(location):
+        return location
+    if "/" not in text:
+        row = runs.find_run(artifacts_dir, text)
+        if row is not None:
+            return storage.join(artifacts_dir, row["dataset"], row["run_id"])
+    raise PipelineError(f"{text} is neither a run directory, an .h5 file nor a run id in {artifacts_dir}/runs.csv: "
+                        f"give one (`mnist-pipeline inspect` lists the runs)")
+
+
 @_removing_copies
 def inspect_command(args, keep):
-    if args.path is None:
-        from pipeline import storage
+    from pipeline import storage
 
-        if storage.is_s3(args.artifacts_dir):
-            rows = storage.read_runs_index(args.artifacts_dir)
-            return _print_runs(rows)
-        return show_runs(Path(args.artifacts_dir) / "runs.csv")
-    path = _local_copy(args.path, keep)
-    if not path.exists():
-        raise PipelineError(f"{path} does not exist: give a run directory or an .h5 file")
+    artifacts_dir = storage.parse(args.artifacts_dir, "artifacts_dir")
+    storage.check_reachable(artifacts_dir)
+    if args.path is None:
+        rows = runs.read_runs(artifacts_dir)
+        if not rows:
+            raise PipelineError(f"no runs yet in {storage.join(artifacts_dir, 'runs.csv')} (run `mnist-pipeline run` "
+                                f"first)")
+        return _print_runs(rows)
+    location = _run_location(args.path, artifacts_dir)
+    path = _local_copy(location, keep)
     if path.is_dir():
-        return show_run(path)
+        return show_run(path, location)
     print(checkpoint.describe_h5(path))
     return 0
-
-
-def show_runs(runs_csv):
-    if not runs_csv.exists():
-        raise PipelineError(f"no runs yet: {runs_csv} does not exist (run `mnist-pipeline run` first)")
-    return _print_runs(runs.read_runs(runs_csv))
 
 
 def _print_runs(rows):
@@ -317,10 +324,10 @@ def _print_runs(rows):
     return 0
 
 
-def show_run(run_dir):
+def show_run(run_dir, location):
     paths = checkpoint.list_checkpoints(run_dir / "checkpoints")
     if not paths:
-        raise PipelineError(f"{run_dir} is not a run directory (it has no checkpoints/iter-*.h5)")
+        raise PipelineError(f"{location} is not a run directory (it has no checkpoints/iter-*.h5)")
     params = None
     for path in reversed(paths):
         try:
@@ -328,7 +335,7 @@ def show_run(run_dir):
             break
         except CheckpointError:
             continue
-    print(f"run {run_dir}")
+    print(f"run {location}")
     for key, value in (params or {}).items():
         print(f"  {key}: {value}")
 
@@ -345,9 +352,9 @@ def show_run(run_dir):
     print_table(["file", "iteration", "epoch", "last mini-batch loss", "created_at"], rows)
 
     accuracy_csv = run_dir / "report" / "accuracy.csv"
-    problem = lineage.problem(run_dir / "lineage" / "EvaluateNetwork.json", inputs=None)
+    problem = lineage.problem(str(run_dir / "lineage" / "EvaluateNetwork.json"), inputs=None)
     if problem:
-        raise PipelineError(f"the run in {run_dir} has no report to trust ({problem}): rerun the same "
+        raise PipelineError(f"the run in {location} has no report to trust ({problem}): rerun the same "
                             f"`mnist-pipeline run` command to finish it")
     with open(accuracy_csv, newline="") as f:
         epochs = list(csv.DictReader(f))
@@ -379,7 +386,7 @@ def _short(value):
 def predict_command(args, keep):
     model = _local_copy(args.model, keep)
     if model.is_dir():
-        problem = lineage.problem(model / "lineage" / "TrainNetwork.json", inputs=None)
+        problem = lineage.problem(str(model / "lineage" / "TrainNetwork.json"), inputs=None)
         if problem:
             raise PipelineError(f"{model / 'model.h5'} is not the run's trained model ({problem}): rerun the "
                                 f"run's command to train it")
@@ -460,8 +467,12 @@ def gc_command(args):
 
 # --- diff ---
 
-def diff_command(args):
-    reports = [_finished_report(Path(path)) for path in (args.run_a, args.run_b)]
+@_removing_copies
+def diff_command(args, keep):
+    from pipeline import storage
+
+    artifacts_dir = storage.parse(args.artifacts_dir, "artifacts_dir")
+    reports = [_finished_report(_run_location(text, artifacts_dir)) for text in (args.run_a, args.run_b)]
     names = [r["run_id"] for r in reports]
     params = [r["hyperparameters"] for r in reports]
     differing = [[key, str(params[0].get(key, "")), str(params[1].get(key, ""))]
@@ -477,11 +488,17 @@ def diff_command(args):
     return 0
 
 
-def _finished_report(run_dir):
-    problem = lineage.problem(run_dir / "lineage" / "EvaluateNetwork.json", inputs=None)
+def _finished_report(run_location):
+    """report.json of a finished run, read from the bytes its record vouches for."""
+    from pipeline import storage
+
+    record_location = storage.join(run_location, "lineage", "EvaluateNetwork.json")
+    record = lineage.read_record(record_location)
+    problem = lineage.problem(record_location, inputs=None, record=record) if record else "no record"
     if problem:
-        raise PipelineError(f"{run_dir} has no report to trust ({problem}): give a finished run's directory")
-    return json.loads((run_dir / "report" / "report.json").read_text())
+        raise PipelineError(f"{run_location} has no report to trust ({problem}): give a finished run")
+    location, entry = lineage.files(record_location, record)["report.json"]
+    return json.loads(lineage.read_verified(location, entry))
 
 
 if __name__ == "__main__":

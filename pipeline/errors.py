@@ -28,3 +28,8 @@ class TrainingError(PipelineError):
 
 class GradientCheckError(PipelineError):
     """Backpropagation disagrees with the numerical gradient."""
+
+
+class StorageError(PipelineError):
+    """A location cannot be used: an unreachable store, a missing bucket, refused access, or
+    content that no longer matches the record that vouches for it."""

@@ -6,10 +6,15 @@ import datetime
 import hashlib
 import io
 import json
-from pathlib import Path
+import logging
+import os
+import re
+import socket
 
-from pipeline import pages
-from pipeline.atomic import exclusive_lock, write_atomically
+from pipeline import pages, storage
+
+logger = logging.getLogger("luigi-interface")
+_RUN_ID = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._=+-]*")
 
 RUN_COLUMNS = ("run_id", "dataset", "hidden_size", "batch_size", "learning_rate", "iterations", "weight_init_std",
                "seed", "dtype", "sampling", "date", "train_accuracy", "test_accuracy", "report_sha256",
@@ -33,22 +38,81 @@ def sweep_name(run_ids):
     return "sweep-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:8]
 
 
-def add_run(runs_csv, row):
-    """Add or replace (same run_id) one row of runs.csv, and rewrite index.html beside it; safe
-    under concurrent writers: they take turns on an exclusive lock, and each file is rewritten
-    whole and renamed into place. Keys that are not columns are ignored; missing ones are empty."""
-    runs_csv = Path(runs_csv)
+def add_run(artifacts_dir, row, *, lease_seconds=60.0):
+    """Add or replace (same run_id) the run's row of <artifacts_dir>/runs.csv, then rewrite
+    index.html beside it; artifacts_dir is a directory or a bucket location. Concurrent writers
+    never lose a row (storage.update), and the page is written under a lease by each writer in
+    turn from the rows as they are then. Keys that are not columns are ignored; missing ones are
+    empty. A malformed row already there is dropped with a warning."""
     row = {key: row.get(key, "") for key in RUN_COLUMNS}
     row["finished_at"] = row["finished_at"] or now()
-    lock = runs_csv.parent / ".locks" / (runs_csv.name + ".lock")
-    with exclusive_lock(lock):
-        rows = [r for r in read_runs(runs_csv) if r.get("run_id") != row["run_id"]] + [row]
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=RUN_COLUMNS, lineterminator="\n", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_atomically(runs_csv, out.getvalue())
-        write_atomically(runs_csv.with_name("index.html"), index_html(runs_csv.parent, rows))
+
+    def change(old):
+        rows = [r for r in _parse(old, artifacts_dir) if r["run_id"] != row["run_id"]] + [row]
+        return _csv(rows)
+
+    storage.update(storage.join(artifacts_dir, "runs.csv"), change)
+    write_index(artifacts_dir, lease_seconds=lease_seconds)
+
+
+def drop_runs(artifacts_dir, run_ids):
+    """Remove these runs' rows from runs.csv (and rewrite index.html); the others stay."""
+    gone = set(run_ids)
+    storage.update(storage.join(artifacts_dir, "runs.csv"),
+                   lambda old: _csv([r for r in _parse(old, artifacts_dir) if r["run_id"] not in gone]))
+    write_index(artifacts_dir)
+
+
+def write_index(artifacts_dir, *, lease_seconds=60.0):
+    """<artifacts_dir>/index.html from runs.csv as it is now, written by one writer at a time."""
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    with storage.Lease(storage.join(artifacts_dir, ".locks", "index.html"), owner, ttl_seconds=lease_seconds) as lease:
+        rows = read_runs(artifacts_dir)
+        storage.write_bytes(storage.join(artifacts_dir, "index.html"), index_html(artifacts_dir, rows), lease=lease)
+
+
+def read_runs(artifacts_dir):
+    """The rows of <artifacts_dir>/runs.csv as dicts of strings ([] when there is none), one
+    read; a malformed row is skipped with a warning."""
+    try:
+        content = storage.read_bytes(storage.join(artifacts_dir, "runs.csv"))
+    except FileNotFoundError:
+        return []
+    return _parse(content, artifacts_dir)
+
+
+def find_run(artifacts_dir, run_id):
+    """The row of run_id in the runs index, or None."""
+    return next((row for row in read_runs(artifacts_dir) if row["run_id"] == run_id), None)
+
+
+def _parse(content, artifacts_dir):
+    if not content:
+        return []
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        logger.warning("%s is not UTF-8 text: its rows are ignored and it is written anew", artifacts_dir)
+        return []
+    rows = []
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    for number, values in enumerate(reader, start=2):
+        row = dict(zip(header or [], values))
+        if not header or len(values) != len(header) or not _RUN_ID.fullmatch(row.get("run_id") or "") \
+                or not _RUN_ID.fullmatch(row.get("dataset") or ""):
+            logger.warning("runs.csv in %s, line %d: not a run's row; skipped", artifacts_dir, number)
+            continue
+        rows.append({key: row.get(key, "") for key in RUN_COLUMNS})
+    return rows
+
+
+def _csv(rows):
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=RUN_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
 
 
 def now():
@@ -62,9 +126,7 @@ def index_html(artifacts_dir, rows):
 
 def page_row(artifacts_dir, row):
     """A runs.csv row as the pages show it: numbers as numbers, the run's page and its curve.
-    artifacts_dir: a local directory or an s3:// location."""
-    from pipeline import storage
-
+    artifacts_dir: a location."""
     report_json = storage.join(artifacts_dir, row["dataset"], row["run_id"], "report", "report.json")
     try:
         epochs = json.loads(storage.read_bytes(report_json))["epochs"]
@@ -83,12 +145,3 @@ def _number(value):
     except (TypeError, ValueError):
         return value
     return int(number) if number.is_integer() and "." not in str(value) and "e" not in str(value) else number
-
-
-def read_runs(runs_csv):
-    """The rows of runs.csv as dicts of strings ([] when there is none)."""
-    runs_csv = Path(runs_csv)
-    if not runs_csv.is_file():
-        return []
-    with open(runs_csv, newline="") as f:
-        return list(csv.DictReader(f))

@@ -1,5 +1,5 @@
-"""The Luigi tasks of mnist-pipeline, each stage cached on disk and trusted only while its
-lineage record still matches the files on both sides.
+"""The Luigi tasks of mnist-pipeline: each stage cached where its root lives (a disk or a
+bucket) and trusted only while its lineage record vouches for its outputs and inputs.
 
     luigi --module pipeline.tasks EvaluateNetwork --dataset fashion-mnist --local-scheduler
 
@@ -7,10 +7,9 @@ DownloadDataset -> NormalizeImages, EncodeLabels -> CheckGradient -> TrainNetwor
 """
 
 import datetime
-import hashlib
+import functools
 import itertools
 import json
-import math
 import os
 import shutil
 import socket
@@ -22,17 +21,18 @@ import luigi
 import luigi.interface
 import luigi.tools.range  # noqa: F401  (RangeDaily and RangeDailyBase, for backfills)
 import numpy as np
-from luigi.parameter import OptionalParameterMixin, ParameterVisibility
+from luigi.parameter import ParameterVisibility
 from threadpoolctl import threadpool_limits
 
 from pipeline import checkpoint, lineage, logs, processed, report, runs, storage
-from pipeline.atomic import atomic_path, exclusive_lock, temporaries_of, write_atomically
-from pipeline.download import (default_mirrors, fetch_dataset, known_train_size, load_raw_dataset,
-                               staging_directories, validate_dataset_name)
+from pipeline.atomic import atomic_path, temporaries_of, write_atomically
+from pipeline.download import default_mirrors, fetch_dataset, known_train_size, load_raw_dataset, staging_directories
 from pipeline.errors import DataError, GradientCheckError, ParameterError, PipelineError
 from pipeline.evaluation import BackgroundEvaluator, confusion_matrix, evaluate
 from pipeline.gradient_check import check_rows, gradient_check_report
 from pipeline.network import TwoLayerNet
+from pipeline.params import (Choice, DatasetName, Directory, Number, NumberList, RunDate, WholeNumber, from_config,
+                             sources)
 from pipeline.sweep import write_sweep_summary
 from pipeline.training import DTYPES, SAMPLINGS, checkpoint_iterations, iterations_per_epoch, train
 
@@ -47,174 +47,48 @@ HIDDEN = ParameterVisibility.HIDDEN
 MAX_HIDDEN = 100_000  # W1 of 784 x 100,000 float64 is 630 MB; more would not fit a worker's memory
 
 
-def _from(section, name):
-    return {"section": section, "name": name}
+_memo = {}  # what was read of records and verdicts, since anything last ran in this process
 
 
-# --- parameters: each value is checked once, wherever it comes from (flag, luigi.cfg, Python) ---
-
-class _Checked:
-    """A parameter that knows its name, for one-line errors that say which value is wrong."""
-
-    name = "value"
-
-    def __set_name__(self, owner, name):
-        self.name = name
-        super().__set_name__(owner, name)
-
-    def invalid(self, x, allowed):
-        return ParameterError(f"invalid {self.name}={x}: must be {allowed} (check the command line and luigi.cfg)")
+def _memoized(key, compute):
+    """compute(), once per key until a task of this process starts or ends its run."""
+    if key not in _memo:
+        _memo[key] = compute()
+    return _memo[key]
 
 
-class WholeNumber(_Checked, luigi.IntParameter):
-    """A whole number from minimum to maximum; anything else (also 50.7 or true) is a one-line
-    ParameterError."""
-
-    def __init__(self, *args, minimum=1, maximum=None, **kwargs):
-        self.minimum, self.maximum = minimum, maximum
-        super().__init__(*args, **kwargs)
-
-    def parse(self, x):
-        return self.normalize(x)
-
-    def normalize(self, x):
-        value = _whole_number(x)
-        if value is None or value < self.minimum or (self.maximum is not None and value > self.maximum):
-            bound = f" and <= {self.maximum}" if self.maximum is not None else ""
-            raise self.invalid(x, f"a whole number >= {self.minimum}{bound}")
-        return value
+def _forget():
+    _memo.clear()
 
 
-class Number(_Checked, luigi.FloatParameter):
-    """A finite number > 0; anything else is a one-line ParameterError."""
-
-    def parse(self, x):
-        return self.normalize(x)
-
-    def normalize(self, x):
-        value = _number(x)
-        if value is None or value <= 0:
-            raise self.invalid(x, "a number > 0")
-        return value
+os.register_at_fork(after_in_child=_forget)  # luigi's worker processes start with nothing known
 
 
-class Choice(_Checked, luigi.Parameter):
-    """One of a few words."""
+class Output(luigi.Target):
+    """A task's output: the local path it is made at and the location it stands for (the
+    same on a disk; an s3 location with a bucket root)."""
 
-    def __init__(self, *args, choices, **kwargs):
-        self.choices = tuple(choices)
-        super().__init__(*args, **kwargs)
+    def __init__(self, root, path):
+        self.root, self.path = root, Path(path)
+        self.location = root.where(self.path)
 
-    def normalize(self, x):
-        if x not in self.choices:
-            raise self.invalid(x, " or ".join(self.choices))
-        return x
-
-
-class DatasetName(luigi.Parameter):
-    """A dataset name, which becomes a directory under data/ and artifacts/."""
-
-    def normalize(self, x):
-        validate_dataset_name(x)
-        return x
-
-
-class RunDate(_Checked, OptionalParameterMixin, luigi.DateParameter):
-    """An optional date (YYYY-MM-DD), as luigi's range tools pass it."""
-
-    expected_type = datetime.date
-
-    def parse(self, x):
-        if isinstance(x, str) and x:
-            try:
-                return datetime.date.fromisoformat(x)
-            except ValueError:
-                raise self.invalid(x, "a date like 2026-11-22 (YYYY-MM-DD)") from None
-        return super().parse(x)
-
-    def normalize(self, x):
-        if isinstance(x, str):
-            x = self.parse(x)
-        if x is not None and not isinstance(x, datetime.date):
-            raise self.invalid(x, "a date like 2026-11-22 (YYYY-MM-DD)")
-        return super().normalize(x)
-
-
-class NumberList(_Checked, luigi.OptionalListParameter):
-    """An optional list of numbers > 0 (whole ones when `whole`, from minimum to maximum)."""
-
-    def __init__(self, *args, whole=False, minimum=1, maximum=None, **kwargs):
-        self.whole, self.minimum, self.maximum = whole, minimum, maximum
-        super().__init__(*args, **kwargs)
-
-    def normalize(self, x):
-        if x is None:
-            return None
-        items = list(x) if isinstance(x, (list, tuple)) else None
-        kind = f"whole numbers >= {self.minimum}" if self.whole else "numbers > 0"
-        values = [(_whole_number(v) if self.whole else _number(v)) for v in items or []]
-        too_large = self.maximum is not None and any(v is not None and v > self.maximum for v in values)
-        if not items or too_large or any(v is None or (v < self.minimum if self.whole else v <= 0) for v in values):
-            raise self.invalid(list(x) if isinstance(x, tuple) else x, f"a non-empty list of {kind}, like [50, 100]")
-        return tuple(values)
-
-
-def _whole_number(x):
-    if isinstance(x, bool):
-        return None
-    if isinstance(x, int):
-        return x
-    if isinstance(x, str) and x.strip().lstrip("+-").isdigit():
-        return int(x)
-    return None
-
-
-def _number(x):
-    if isinstance(x, bool):
-        return None
-    try:
-        value = float(x)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-class sources(luigi.Config):
-    """[sources] in luigi.cfg: where DownloadDataset looks, and how patiently."""
-
-    local_dirs = luigi.ListParameter(
-        default=["/usr/share/datasets/{dataset}"],
-        description="Local directories searched before any mirror; {dataset} is replaced by the name.")
-    timeout = Number(default=30.0, description="Seconds before a silent connection is given up.")
-    retries = WholeNumber(default=3, description="Tries per mirror for transient errors (reset, 5xx).")
-
-
-# --- the chain ---
-
-class Directory(_Checked, luigi.Parameter):
-    """A local directory, or s3://bucket/prefix on any S3-compatible store (needs boto3)."""
-
-    def normalize(self, x):
-        x = str(x)
-        if "://" in x and not storage.is_s3(x):
-            raise self.invalid(x, "a directory path or s3://bucket/prefix")
-        storage.require_backend(x)
-        return x.rstrip("/") if storage.is_s3(x) else x
+    def exists(self):
+        return storage.exists(self.location)
 
 
 class PipelineTask(luigi.Task):
     """What every stage shares: the dataset and where its files live and come from.
 
-    Complete means the task's lineage record vouches for its outputs and for the current
-    files of its inputs, and every task upstream is complete too. Only `dataset` identifies
-    the data; the rest says where to find it.
+    Complete means the task's lineage record vouches for its outputs and for the records of
+    its inputs, and every task upstream is complete too. Only `dataset` identifies the data;
+    the rest says where to find it.
     """
 
     dataset = DatasetName(
         default="mnist", description="mnist, fashion-mnist, or the name of a custom IDX dataset in a local directory.")
     data_dir = Directory(
-        default="data", significant=False, visibility=HIDDEN, config_path=_from("paths", "data_dir"),
-        description="Root of raw/ and processed/ datasets.")
+        default="data", significant=False, visibility=HIDDEN, config_path=from_config("paths", "data_dir"),
+        description="Root of raw/ and processed/ datasets: a directory or s3://bucket/prefix.")
     source_dir = luigi.OptionalParameter(
         default=None, significant=False, visibility=HIDDEN,
         description="A directory holding the four IDX files (gzipped or not); tried first.")
@@ -234,11 +108,11 @@ class PipelineTask(luigi.Task):
         default=None, significant=False, visibility=HIDDEN,
         description="Tries per mirror for transient errors; default [sources] retries.")
     cache_dir = luigi.Parameter(
-        default="cache", significant=False, visibility=HIDDEN, config_path=_from("paths", "cache_dir"),
-        description="With s3:// data or artifacts: this worker's local copies of what it reads and writes.")
+        default="cache", significant=False, visibility=HIDDEN, config_path=from_config("paths", "cache_dir"),
+        description="With a bucket for data or artifacts: this worker's local copies of what it reads and writes.")
     lease_seconds = Number(
-        default=60.0, significant=False, visibility=HIDDEN, config_path=_from("paths", "lease_seconds"),
-        description="With s3://: how long a task's lock in the bucket outlives a worker that died holding it.")
+        default=60.0, significant=False, visibility=HIDDEN, config_path=from_config("paths", "lease_seconds"),
+        description="With a bucket: how long a task's lock in the bucket outlives a worker that died holding it.")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -250,117 +124,106 @@ class PipelineTask(luigi.Task):
             if getattr(self, name) is not None:
                 getattr(sources, name).normalize(getattr(self, name))
 
+    @functools.cached_property
+    def data_root(self):
+        return storage.Root(self.data_dir, self.cache_dir, "data")
+
+    def root(self):
+        """The root this task's outputs, record and lock live in."""
+        return self.data_root
+
+    def roots(self):
+        return [self.data_root]
+
+    # --- trust ---
+
     def complete(self):
         return self.stale_reason() is None
 
     def stale_reason(self):
         """None when complete; otherwise why the task would run ("missing", "input changed: ...")."""
+        return _memoized(("verdict", self.task_id), self.find_stale_reason)
+
+    def find_stale_reason(self):
         for requirement in luigi.task.flatten(self.requires()):
             reason = requirement.stale_reason()
             if reason is not None:
                 return f"{requirement.get_task_family()} would run ({reason})"
-        return lineage.problem(self.where(self.record_path()),
-                               {label: self.where(path) for label, path in self.record_inputs().items()})
+        record = self.record()
+        return lineage.problem(self.record_location(), self.record_inputs(), record=record) if record else \
+            lineage.problem(self.record_location())
 
-    # --- where files live: local paths, or local copies of s3:// locations ---
-
-    @property
-    def data_root(self):
-        return _local_root(self.data_dir, self.cache_dir, "data")
-
-    def roots(self):
-        """[(local root, the location it stands for)] of the files this task reads and writes."""
-        return [(self.data_root, self.data_dir)]
-
-    def where(self, path):
-        """The location a local path stands for: itself, or its s3:// location when its root is a bucket."""
-        path = Path(path)
-        for root, location in self.roots():
-            if storage.is_s3(location) and path.is_relative_to(root):
-                return storage.join(location, *path.relative_to(root).parts)
-        return str(path)
-
-    def remote(self):
-        """Whether this task's outputs live in a bucket."""
-        return storage.is_s3(self.where(self.output().path))
-
-    def pull(self):
-        """With a bucket: the local copies of every requirement's outputs, fetched as recorded."""
-        for requirement in luigi.task.flatten(self.requires()):
-            for location, path in requirement.published_files():
-                _copy_in(location, path, Path(self.cache_dir) / "objects")
-
-    def published_files(self):
-        """[(location, local path)] of the outputs as recorded (with a bucket: its locations)."""
-        record = self.where(self.record_path())
-        entries = (lineage.read_record(record) or {"outputs": {}})["outputs"].values()
-        return [(lineage.resolve(record, entry["path"]), os.path.normpath(self.record_path().parent / entry["path"]))
-                for entry in entries] + [(record, self.record_path())]
-
-    def files_to_publish(self, outputs):
-        """The local files to publish once made, the record last."""
-        return [*outputs.values(), self.record_path()]
-
-    def push(self, paths):
-        """With a bucket: publish these local files (whole), each unless it is there already."""
-        for path in paths:
-            location = self.where(path)
-            if storage.is_s3(location) and storage.remote_digest(location) != lineage.file_digest(path):
-                storage.publish(path, location)
-
-    def record_path(self):
+    def record_location(self):
         """The task's lineage record: <directory of its output>/lineage/<Task>.json."""
-        return Path(self.output().path).parent / "lineage" / f"{self.get_task_family()}.json"
+        return self.root().where(self.output().path.parent / "lineage" / f"{self.get_task_family()}.json")
+
+    def recorded_outputs(self):
+        """{label: (location, entry)} of the outputs as this task's record holds them ({} without one)."""
+        record = self.record()
+        return lineage.files(self.record_location(), record) if record else {}
+
+    def record(self):
+        return _memoized(("record", self.record_location()), lambda: lineage.read_record(self.record_location()))
 
     def record_inputs(self):
-        """{label: path} of the files the output is made from."""
+        """{label: (location, entry)} of the files the outputs are made from, as their records hold them."""
         return {}
 
+    # --- making ---
+
     def run(self):
-        """Make the outputs once: processes running this same task take turns on a lock (in the
-        bucket, with s3://) and the later ones find the work done. Then record what was made
-        from what, and with a bucket publish the outputs, the record last."""
-        with self.lock():
-            if self.complete():
-                logger.info("%s: made by another process meanwhile", self.task_id)
-                return
-            for leftover in self.leftovers():  # only this task writes them, and we hold its lock
-                logger.info("removing %s, left by an interrupted run", leftover)
-                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-            Path(self.record_path()).unlink(missing_ok=True)  # no record vouches for a half-made output
-            if self.remote():
-                self.pull()
-            started = time.perf_counter()
-            outputs = self.make()
-            if outputs is not None:
-                lineage.write_record(self.record_path(), outputs=outputs, inputs=self.record_inputs(),
-                                     locate=self.where, task_id=self.task_id,
-                                     seconds=round(time.perf_counter() - started, 3))
-            if self.remote():
-                self.push(self.files_to_publish(outputs))
-            self.published()
+        """Make the outputs once: processes running this same task take turns on a lease (in the
+        bucket with one) and the later ones find the work done. Each output is published (a no-op
+        on a disk) while the lease is held, then the record that vouches for them, last."""
+        with self.lock() as lease:
+            _forget()
+            try:
+                self.make_under(lease)
+            finally:
+                _forget()
+
+    def make_under(self, lease):
+        """run() once the lease is held."""
+        if self.complete():
+            logger.info("%s: made by another process meanwhile", self.task_id)
+            return
+        for leftover in self.leftovers():  # only this task writes them, and we hold its lease
+            logger.info("removing %s, left by an interrupted run", leftover)
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        storage.delete(self.record_location(), lease=lease)  # no record vouches for a half-made output
+        self.root().mark()
+        inputs = self.record_inputs()
+        for location, entry in inputs.values():
+            for root in self.roots():
+                root.pull(location, entry)
+        self.lease, started = lease, time.perf_counter()
+        made = self.make()
+        outputs = {label: (self.root().where(path), lineage.describe(path, self.root().publish(path, lease)))
+                   for label, path in made.items()}
+        self.before_record(outputs)
+        lineage.write_record(self.record_location(), outputs=outputs, inputs=inputs, lease=lease,
+                             task_id=self.task_id, seconds=round(time.perf_counter() - started, 3),
+                             **self.facts())
 
     def lock(self):
-        """This task's lock: a lease in the bucket with s3://, else a lock file."""
-        if self.remote():
-            root = self.where(Path(self.lock_root()))
-            return storage.Lease(storage.join(root, ".locks", self.task_id), f"{socket.gethostname()}:{os.getpid()}",
-                                 ttl_seconds=self.lease_seconds)
-        return exclusive_lock(Path(self.lock_root()) / ".locks" / f"{self.task_id}.lock")
+        """This task's lease: a lock file on a disk, an object in a bucket; released when done."""
+        return storage.Lease(storage.join(self.root().location, ".locks", self.task_id),
+                             f"{socket.gethostname()}:{os.getpid()}", ttl_seconds=self.lease_seconds)
 
     def make(self):
-        """Write the outputs; return {label: path} of them for the lineage record."""
+        """Write the outputs; return {label: local path} of them."""
         raise NotImplementedError
 
-    def published(self):
-        """Called once the record is written."""
+    def before_record(self, outputs):
+        """Called with the published outputs ({label: (location, entry)}), before the record."""
 
-    def lock_root(self):
-        return self.data_root
+    def facts(self):
+        """Facts the record holds beside the files."""
+        return {}
 
     def leftovers(self):
         """Temporary files of an earlier, killed run of this task."""
-        return temporaries_of(self.output().path) + temporaries_of(Path(self.record_path()))
+        return temporaries_of(self.output().path)
 
     def on_failure(self, exception):
         return logs.user_message(exception) or super().on_failure(exception)
@@ -370,60 +233,36 @@ class PipelineTask(luigi.Task):
         return {name: getattr(self, name) for name, _ in PipelineTask.get_params()}
 
 
+def _recorded(task, *labels):
+    """{label: (location, entry)} of some outputs of an upstream task, as its record holds them."""
+    found = task.recorded_outputs()
+    return {label: found[label] for label in labels if label in found}
+
+
 class DownloadDataset(PipelineTask):
     """The dataset's four IDX files, verified, in <data_dir>/raw/<dataset>/ with MANIFEST.json.
+    A custom dataset's source files are recorded too: changed, they make it stale.
 
     luigi --module pipeline.tasks DownloadDataset --dataset fashion-mnist --local-scheduler
     """
 
     def output(self):
-        return luigi.LocalTarget(str(self.data_root / "raw" / self.dataset / "MANIFEST.json"))
+        return Output(self.data_root, self.data_root.path("raw", self.dataset, "MANIFEST.json"))
 
     def stale_reason(self):
-        """MANIFEST.json is this stage's record: every file must still have the recorded digest,
-        and a custom dataset must come from the source directory asked for."""
-        manifest_path = self.where(self.output().path)
-        if not storage.exists(manifest_path):
-            return "missing"
-        try:
-            entries = json.loads(storage.read_bytes(manifest_path))["files"]
-            for location, entry in zip(self.raw_files(manifest_path, entries), entries.values()):
-                if not storage.exists(location):
-                    return f"missing: {location}"
-                if lineage.file_digest(location) != entry["sha256"]:
-                    return f"changed or damaged: {location}"
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            return f"damaged: {manifest_path} ({error})"
-        if self.source_dir and known_train_size(self.dataset) is None:
-            sources_now = {str(Path(entry.get("source", "")).parent) for entry in entries.values()}
-            if sources_now != {str(Path(self.source_dir))}:
-                return f"made from {', '.join(sorted(sources_now))}, not --source-dir {self.source_dir}"
-        return None
-
-    def raw_files(self, manifest_path, entries):
-        """The locations of the files a manifest lists, beside it."""
-        folder = manifest_path.rsplit("/", 1)[0] if storage.is_s3(manifest_path) else str(Path(manifest_path).parent)
-        return [storage.join(folder, entry["stored_as"]) for entry in entries.values()]
-
-    def published_files(self):
-        manifest = self.where(self.output().path)
-        entries = json.loads(storage.read_bytes(manifest))["files"]
-        local = Path(self.output().path).parent
-        return [*((location, local / entry["stored_as"]) for location, entry in
-                  zip(self.raw_files(manifest, entries), entries.values())), (manifest, Path(self.output().path))]
-
-    def files_to_publish(self, outputs):
-        manifest = Path(self.output().path)
-        entries = json.loads(manifest.read_text())["files"]
-        return [*(manifest.parent / entry["stored_as"] for entry in entries.values()), manifest]
+        reason = super().stale_reason()
+        if reason is None and known_train_size(self.dataset) is None:
+            reason = lineage.source_problem((self.record() or {}).get("sources") or {}, self.source_dir)
+        return reason
 
     def leftovers(self):
-        return staging_directories(Path(self.output().path).parent)
+        return staging_directories(self.output().path.parent) + super().leftovers()
 
     def make(self):
         settings = sources()
+        folder = self.output().path.parent
         manifest = fetch_dataset(
-            self.dataset, Path(self.output().path).parent, source_dir=self.source_dir,
+            self.dataset, folder, source_dir=self.source_dir,
             local_dirs=settings.local_dirs if self.local_dirs is None else self.local_dirs,
             mirrors=self.configured_mirrors() if self.mirrors is None else self.mirrors,
             checksums=self.checksums,
@@ -432,7 +271,13 @@ class DownloadDataset(PipelineTask):
             progress=self.show_progress,
         )
         logger.info("%s: %d files verified (%s)", self.dataset, len(manifest["files"]), manifest["verified_with"])
-        return None  # MANIFEST.json is the record
+        self.sources = {name: lineage.source_entry(entry["source"], entry["sha256"])
+                        for name, entry in manifest["files"].items() if os.path.isfile(entry["source"])}
+        return {**{entry["stored_as"]: folder / entry["stored_as"] for entry in manifest["files"].values()},
+                "MANIFEST.json": self.output().path}
+
+    def facts(self):
+        return {"sources": self.sources}
 
     def configured_mirrors(self):
         """[mirrors] <dataset> in luigi.cfg (a JSON list of URLs), else the built-in list."""
@@ -457,7 +302,7 @@ class DownloadDataset(PipelineTask):
 
 
 class _ProcessTask(PipelineTask):
-    """A processed file made from the raw files listed in MANIFEST.json."""
+    """A processed file made from the raw files that DownloadDataset's record vouches for."""
 
     kind = None  # "images" or "labels"
 
@@ -465,13 +310,13 @@ class _ProcessTask(PipelineTask):
         return DownloadDataset(**self.data_params())
 
     def output(self):
-        return luigi.LocalTarget(str(self.data_root / "processed" / self.dataset / f"{self.kind}.h5"))
+        return Output(self.data_root, self.data_root.path("processed", self.dataset, f"{self.kind}.h5"))
 
     def record_inputs(self):
-        return {"MANIFEST.json": self.input().path}
+        return self.requires().recorded_outputs()
 
     def make(self):
-        arrays, checksums = load_raw_dataset(Path(self.input().path).parent, self.kind)
+        arrays, checksums = load_raw_dataset(self.input().path.parent, self.kind)
         with atomic_path(self.output().path) as tmp:
             self.write(tmp, arrays["train"], arrays["test"], checksums)
         return {f"{self.kind}.h5": self.output().path}
@@ -508,35 +353,36 @@ class RunTask(PipelineTask):
     name the run directory (runs.run_name)."""
 
     artifacts_dir = Directory(
-        default="artifacts", significant=False, visibility=HIDDEN, config_path=_from("paths", "artifacts_dir"),
-        description="Root of the run directories and runs.csv.")
-    hidden_size = WholeNumber(default=50, maximum=MAX_HIDDEN, config_path=_from("training", "hidden_size"),
+        default="artifacts", significant=False, visibility=HIDDEN, config_path=from_config("paths", "artifacts_dir"),
+        description="Root of the run directories and runs.csv: a directory or s3://bucket/prefix.")
+    hidden_size = WholeNumber(default=50, maximum=MAX_HIDDEN, config_path=from_config("training", "hidden_size"),
                               description="Units in the hidden layer.")
-    batch_size = WholeNumber(default=100, config_path=_from("training", "batch_size"),
+    batch_size = WholeNumber(default=100, config_path=from_config("training", "batch_size"),
                              description="Images per mini-batch.")
-    learning_rate = Number(default=0.1, config_path=_from("training", "learning_rate"), description="SGD step size.")
-    iterations = WholeNumber(default=10000, config_path=_from("training", "iterations"),
+    learning_rate = Number(default=0.1, config_path=from_config("training", "learning_rate"),
+                           description="SGD step size.")
+    iterations = WholeNumber(default=10000, maximum=10**9, config_path=from_config("training", "iterations"),
                              description="SGD steps in all.")
-    weight_init_std = Number(default=0.01, config_path=_from("training", "weight_init_std"),
+    weight_init_std = Number(default=0.01, config_path=from_config("training", "weight_init_std"),
                              description="Standard deviation of the initial weights.")
-    seed = WholeNumber(default=0, minimum=0, config_path=_from("training", "seed"),
+    seed = WholeNumber(default=0, minimum=0, maximum=2**63 - 1, config_path=from_config("training", "seed"),
                        description="Seed of the run's random generator.")
-    dtype = Choice(default="float32", choices=DTYPES, config_path=_from("training", "dtype"),
+    dtype = Choice(default="float32", choices=DTYPES, config_path=from_config("training", "dtype"),
                    description="float32 or float64.")
-    sampling = Choice(default="with-replacement", choices=SAMPLINGS, config_path=_from("training", "sampling"),
+    sampling = Choice(default="with-replacement", choices=SAMPLINGS, config_path=from_config("training", "sampling"),
                       description="with-replacement (independent batches) or shuffle (a permutation per epoch).")
     date = RunDate(default=None, description="A date (YYYY-MM-DD) that is part of the run's identity: a "
                                              "scheduled job's fresh run per day. Unset: no date.")
     blas_threads = WholeNumber(
-        default=1, significant=False, visibility=HIDDEN, config_path=_from("training", "blas_threads"),
+        default=1, significant=False, visibility=HIDDEN, config_path=from_config("training", "blas_threads"),
         description="Threads of the matrix library. The last bits of a result depend on it: resume with the "
                     "same value.")
     keep_last = WholeNumber(
-        default=0, minimum=0, significant=False, visibility=HIDDEN, config_path=_from("training", "keep_last"),
-        description="Once a run is trained, keep only its last N checkpoints (0: keep every one). The report "
-                    "does not need them: model.h5 holds every epoch's figures.")
+        default=0, minimum=0, significant=False, visibility=HIDDEN, config_path=from_config("training", "keep_last"),
+        description="Once a run is trained, keep only its last N checkpoints (0: keep every one), on a disk or in "
+                    "a bucket. The report does not need them: model.h5 holds every epoch's figures.")
     keep_every = WholeNumber(
-        default=0, minimum=0, significant=False, visibility=HIDDEN, config_path=_from("training", "keep_every"),
+        default=0, minimum=0, significant=False, visibility=HIDDEN, config_path=from_config("training", "keep_every"),
         description="With keep_last, also keep the checkpoint of every k-th epoch (0: none).")
 
     def __init__(self, *args, **kwargs):
@@ -545,15 +391,15 @@ class RunTask(PipelineTask):
         if train_size is not None:
             check_fits_data(self.batch_size, self.iterations, train_size)
 
-    @property
+    @functools.cached_property
     def artifacts_root(self):
-        return _local_root(self.artifacts_dir, self.cache_dir, "artifacts")
+        return storage.Root(self.artifacts_dir, self.cache_dir, "artifacts")
+
+    def root(self):
+        return self.artifacts_root
 
     def roots(self):
-        return [*super().roots(), (self.artifacts_root, self.artifacts_dir)]
-
-    def lock_root(self):
-        return self.artifacts_root
+        return [self.data_root, self.artifacts_root]
 
     def run(self):
         self.set_status_message(f"run {self.run_id}")  # luigid's pages show it: runs told apart at a glance
@@ -579,13 +425,20 @@ class RunTask(PipelineTask):
 
     @property
     def run_dir(self):
-        return self.artifacts_root / self.dataset / self.run_id
+        """The run's local working directory (the run directory itself on a disk)."""
+        return self.artifacts_root.path(self.dataset, self.run_id)
+
+    @property
+    def run_location(self):
+        """The run directory's location, as users see it."""
+        return self.artifacts_root.where(self.run_dir)
 
     def data_requirements(self):
         return {"images": NormalizeImages(**self.data_params()), "labels": EncodeLabels(**self.data_params())}
 
-    def data_files(self):
-        return {"images.h5": self.input()["images"].path, "labels.h5": self.input()["labels"].path}
+    def data_inputs(self):
+        requirements = self.data_requirements()
+        return {**_recorded(requirements["images"], "images.h5"), **_recorded(requirements["labels"], "labels.h5")}
 
     def load_data(self, parts=("train", "test")):
         """(images, labels) as processed.read_images/read_labels give them, for the parts asked;
@@ -597,27 +450,6 @@ class RunTask(PipelineTask):
                 raise DataError(f"{images_path} has {images[part].shape[0]} {part} images but {labels_path} has "
                                 f"{labels[f'{part}_labels'].shape[0]} labels: rerun to rebuild both from the raw files")
         return images, labels
-
-
-def _local_root(location, cache_dir, kind):
-    """The local directory of a data or artifacts location: itself, or for s3:// a folder of
-    cache_dir named by the location (so two buckets never share one)."""
-    if not storage.is_s3(location):
-        return Path(location)
-    return Path(cache_dir) / f"{kind}-{hashlib.sha256(location.encode()).hexdigest()[:12]}"
-
-
-def _copy_in(location, path, objects):
-    """Make the local file `path` hold the content of `location` (fetched through the
-    digest-keyed cache `objects`), unless it does already."""
-    path = Path(path)
-    if not storage.is_s3(location):
-        return
-    if path.is_file() and lineage.file_digest(path) == storage.remote_digest(location):
-        return
-    cached = storage.fetch(location, objects)
-    with atomic_path(path) as temporary:
-        shutil.copyfile(cached, temporary)
 
 
 def check_fits_data(batch_size, iterations, train_size):
@@ -646,10 +478,10 @@ class CheckGradient(RunTask):
         return self.data_requirements()
 
     def output(self):
-        return luigi.LocalTarget(str(self.run_dir / "gradient_check.json"))
+        return Output(self.artifacts_root, self.run_dir / "gradient_check.json")
 
     def record_inputs(self):
-        return self.data_files()
+        return self.data_inputs()
 
     def make(self):
         images = self.input()["images"].path
@@ -672,8 +504,9 @@ class CheckGradient(RunTask):
 
 
 class TrainNetwork(RunTask):
-    """Mini-batch SGD with one HDF5 checkpoint per epoch, each evaluated on a second thread;
-    resumes from the last good checkpoint. model.h5: the final weights and every epoch's figures.
+    """Mini-batch SGD with one HDF5 checkpoint per epoch, each evaluated on a second thread and
+    recorded (its digest) as it is saved; resumes from the unbroken run of checkpoints that
+    match their records. model.h5: the final weights and every epoch's figures.
 
     luigi --module pipeline.tasks TrainNetwork --dataset fashion-mnist --local-scheduler
     """
@@ -682,39 +515,52 @@ class TrainNetwork(RunTask):
         return {"gradient_check": CheckGradient(**self.run_params()), **self.data_requirements()}
 
     def output(self):
-        return luigi.LocalTarget(str(self.run_dir / "model.h5"))
+        return Output(self.artifacts_root, self.run_dir / "model.h5")
 
     def record_inputs(self):
-        return {**self.data_files(), "gradient_check.json": self.input()["gradient_check"].path}
+        return {**self.data_inputs(), **_recorded(self.requires()["gradient_check"], "gradient_check.json")}
 
     def leftovers(self):
         return super().leftovers() + temporaries_of(self.run_dir / "checkpoints" / "iter-*.h5")
+
+    def checkpoint_record(self, path):
+        return storage.join(storage.parent(self.record_location()), "checkpoints", path.stem + ".json")
+
+    def trusted(self, path):
+        """None when the checkpoint at path (made local) matches the record written when it was
+        saved; otherwise why not."""
+        try:
+            entry = json.loads(storage.read_bytes(self.checkpoint_record(path)))
+            self.artifacts_root.pull(self.artifacts_root.where(path), entry)
+        except FileNotFoundError:
+            if not path.exists():
+                return checkpoint.ABSENT
+            return "it has no record of its own (it was not saved whole, or not by this pipeline)"
+        except (ValueError, AttributeError, PipelineError) as error:
+            return f"its record does not vouch for it ({error})"
+        problem = lineage.mismatch(str(path), entry)
+        return f"its bytes are {problem} since it was saved" if problem else None
 
     def make(self):
         images, labels = self.load_data()
         x_train, t_train = images["train"], labels["train_labels"]
         n_classes = labels["train_one_hot"].shape[1]
         check_fits_data(self.batch_size, self.iterations, x_train.shape[0])
-        inputs = {label: lineage.file_digest(path) for label, path in self.record_inputs().items()}
+        inputs = {label: entry["sha256"] for label, (_, entry) in self.record_inputs().items()}
         per_epoch = iterations_per_epoch(x_train.shape[0], self.batch_size)
         iterations = checkpoint_iterations(x_train.shape[0], self.batch_size, self.iterations)
         folder = self.run_dir / "checkpoints"
-        if self.remote():  # a run another worker started: its checkpoints are in the bucket
-            for iteration in iterations:
-                path = checkpoint.checkpoint_path(folder, iteration)
-                if storage.exists(self.where(path)):
-                    _copy_in(self.where(path), path, Path(self.cache_dir) / "objects")
-        kept = checkpoint.valid_prefix(folder, iterations, self.run_id, inputs)
+        kept = checkpoint.valid_prefix(folder, iterations, self.run_id, inputs, trusted=self.trusted)
         network, rng, start, losses = self.start_from(kept, x_train.shape[1], n_classes)
+        save = dict(hyperparameters=self.hyperparameters(), dataset=self.dataset, run_id=self.run_id, inputs=inputs,
+                    data_checksums=images["attrs"].get("source_sha256", {}), per_epoch=per_epoch)
 
-        def save(iteration, losses_so_far):
-            checkpoint.save_checkpoint(
-                checkpoint.checkpoint_path(folder, iteration), params=network.params, iteration=iteration,
-                epoch=iteration / per_epoch, losses=losses_so_far, rng_state=rng.bit_generator.state,
-                hyperparameters=self.hyperparameters(), dataset=self.dataset, run_id=self.run_id, inputs=inputs,
-                data_checksums=images["attrs"].get("source_sha256", {}), per_epoch=per_epoch)
-            if self.remote():  # every epoch reaches the bucket: another worker can resume from it
-                self.push([checkpoint.checkpoint_path(folder, iteration)])
+        def on_checkpoint(iteration, losses_so_far):
+            path = checkpoint.checkpoint_path(folder, iteration)
+            checkpoint.save_checkpoint(path, params=network.params, iteration=iteration, epoch=iteration / per_epoch,
+                                       losses=losses_so_far, rng_state=rng.bit_generator.state, **save)
+            entry = lineage.describe(path, self.artifacts_root.publish(path, self.lease))
+            storage.write_bytes(self.checkpoint_record(path), json.dumps(entry), lease=self.lease)
             evaluator.submit(iteration / per_epoch, iteration, network.params)
             self.report_progress(iteration, per_epoch, losses_so_far)
 
@@ -723,17 +569,17 @@ class TrainNetwork(RunTask):
                 evaluator.submit(c.epoch, c.iteration, c.params)
             losses = train(network, x_train, t_train, batch_size=self.batch_size, learning_rate=self.learning_rate,
                            iterations=self.iterations, sampling=self.sampling, rng=rng, start_iteration=start,
-                           losses=losses, on_checkpoint=save)
+                           losses=losses, on_checkpoint=on_checkpoint)
             rows = evaluator.results()
         checkpoint.save_checkpoint(
             self.output().path, params=network.params, iteration=self.iterations, epoch=self.iterations / per_epoch,
-            losses=losses, rng_state=rng.bit_generator.state, hyperparameters=self.hyperparameters(),
-            dataset=self.dataset, run_id=self.run_id, inputs=inputs, per_epoch=per_epoch,
-            data_checksums=images["attrs"].get("source_sha256", {}), evaluation=rows)
+            losses=losses, rng_state=rng.bit_generator.state, evaluation=rows, **save)
         kept = kept_checkpoints(iterations, per_epoch, self.keep_last, self.keep_every)
         for iteration in iterations:
-            if iteration not in kept:
-                checkpoint.checkpoint_path(folder, iteration).unlink(missing_ok=True)
+            if iteration not in kept:  # on the disk and in the bucket alike
+                path = checkpoint.checkpoint_path(folder, iteration)
+                self.artifacts_root.delete(path, self.lease)
+                storage.delete(self.checkpoint_record(path), lease=self.lease)
         return {"model.h5": self.output().path,
                 **{f"checkpoints/{p.name}": p for p in (checkpoint.checkpoint_path(folder, i) for i in kept)}}
 
@@ -746,7 +592,8 @@ class TrainNetwork(RunTask):
                                   rng=rng, dtype=self.dtype)
             return network, rng, 0, None
         last = kept[-1]
-        logger.info("%s: resuming training from iteration %d (%s)", self.run_id, last.iteration, last.path)
+        logger.info("%s: resuming training from iteration %d (%s)", self.run_id, last.iteration,
+                    self.artifacts_root.where(last.path))
         rng = np.random.default_rng()
         rng.bit_generator.state = last.rng_state
         return TwoLayerNet.from_params(last.params), rng, last.iteration, last.losses
@@ -772,7 +619,8 @@ def kept_checkpoints(iterations, per_epoch, keep_last, keep_every):
 
 class EvaluateNetwork(RunTask):
     """The run's report: per-epoch accuracy and loss on the whole training and test sets, the
-    final model's confusion matrix, and a row in <artifacts_dir>/runs.csv.
+    final model's confusion matrix, and the run's row in the runs index (runs.csv); complete
+    only once that row is there.
 
     luigi --module pipeline.tasks EvaluateNetwork --dataset fashion-mnist --local-scheduler
     """
@@ -781,36 +629,22 @@ class EvaluateNetwork(RunTask):
         return {"model": TrainNetwork(**self.run_params()), **self.data_requirements()}
 
     def output(self):
-        return luigi.LocalTarget(str(self.run_dir / "report" / "report.json"))
+        return Output(self.artifacts_root, self.run_dir / "report" / "report.json")
 
-    def record_path(self):
-        return self.run_dir / "lineage" / "EvaluateNetwork.json"
+    def record_location(self):
+        return self.artifacts_root.where(self.run_dir / "lineage" / "EvaluateNetwork.json")
 
     def record_inputs(self):
-        return {"model.h5": self.input()["model"].path, **self.data_files()}
-
-    def runs_csv(self):
-        return self.artifacts_root / "runs.csv"
+        return {**_recorded(self.requires()["model"], "model.h5"), **self.data_inputs()}
 
     def stale_reason(self):
         reason = super().stale_reason()
         if reason is None:
-            index = self.where(self.artifacts_root)
-            if storage.is_s3(index):  # a row object per run: concurrent workers never lose one
-                row = next((r for r in storage.read_runs_index(index) if r.get("run_id") == self.run_id), None)
-            else:
-                row = next((r for r in runs.read_runs(self.runs_csv()) if r.get("run_id") == self.run_id), None)
-            expected = {key: str(value) for key, value in self.runs_row().items()}
-            if row is None or any(str(row.get(key)) != value for key, value in expected.items()):
-                reason = f"the runs index ({index}) lacks the run's row or disagrees with its report"
+            report_entry = self.recorded_outputs().get("report.json", (None, {}))[1]
+            row = runs.find_run(self.artifacts_dir, self.run_id)
+            if row is None or row.get("report_sha256") != report_entry.get("sha256"):
+                reason = f"the runs index in {self.artifacts_dir} lacks the run's row or disagrees with its report"
         return reason
-
-    def runs_row(self):
-        """The run's row in the runs index, from its report (finished_at aside)."""
-        report_json = self.where(self.output().path)
-        final = json.loads(storage.read_bytes(report_json))["final"]
-        return {"run_id": self.run_id, **self.hyperparameters(), "train_accuracy": final["train_accuracy"],
-                "test_accuracy": final["test_accuracy"], "report_sha256": lineage.file_digest(report_json)}
 
     def leftovers(self):
         return super().leftovers() + temporaries_of(self.run_dir / "report" / "*")
@@ -822,39 +656,33 @@ class EvaluateNetwork(RunTask):
         rows = model.evaluation or []
         test_accuracy, _, predictions = evaluate(model.params, images["test"], labels["test_labels"])
         if not rows or rows[-1]["iteration"] != model.iteration or rows[-1]["test_accuracy"] != test_accuracy:
-            raise PipelineError(f"{model.path}: its figures do not match its weights (final test accuracy "
-                                f"{test_accuracy:.4f} recomputed); delete it and rerun to train it again")
-        gradient_check = CheckGradient(**self.run_params())
-        records = {task.get_task_family(): lineage.read_record(task.where(task.record_path())) or {}
-                   for task in (self.requires()["model"], gradient_check, *self.data_requirements().values())}
-        trained = records["TrainNetwork"].get("outputs", {})
+            raise PipelineError(f"{self.input()['model'].location}: its figures do not match its weights (final "
+                                f"test accuracy {test_accuracy:.4f} recomputed); delete it and rerun to train it again")
+        upstream = (self.requires()["model"], CheckGradient(**self.run_params()), *self.data_requirements().values())
+        records = {task.get_task_family(): lineage.read_record(task.record_location()) or {} for task in upstream}
+        gradient_check = CheckGradient(**self.run_params()).output().location
         built = report.build_report(
             run_id=self.run_id, dataset=self.dataset, hyperparameters=self.hyperparameters(), epochs=rows,
             confusion=confusion_matrix(labels["test_labels"], predictions, n_classes),
-            minibatch_losses=model.losses,
-            gradient_check=json.loads(storage.read_bytes(gradient_check.where(gradient_check.output().path))),
-            digests={"data": {k: lineage.file_digest(p) for k, p in self.data_files().items()},
-                     "model": lineage.file_digest(model.path)},
+            minibatch_losses=model.losses, gradient_check=json.loads(storage.read_bytes(gradient_check)),
+            digests={"data": {label: entry["sha256"] for label, (_, entry) in self.data_inputs().items()},
+                     "model": self.record_inputs()["model.h5"][1]["sha256"]},
             checkpoints=[{"file": Path(label).name, "iteration": checkpoint.iteration_of(label),
-                          "sha256": entry["sha256"]} for label, entry in trained.items() if label != "model.h5"],
+                          "sha256": entry["sha256"]} for label, entry in records["TrainNetwork"].get("outputs", {}).items()
+                         if label != "model.h5"],
             stage_seconds={name: record.get("seconds") for name, record in records.items() if record},
             created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         files = report.write_report(self.run_dir / "report", built)
         logger.info("%s: final test accuracy %.4f, report in %s", self.run_id, rows[-1]["test_accuracy"],
-                    self.run_dir / "report")
+                    self.artifacts_root.where(self.run_dir / "report"))
         return files
 
-    def published(self):
-        row = self.runs_row()
-        runs.add_run(self.runs_csv(), row)
-        index = self.where(self.artifacts_root)
-        if storage.is_s3(index):
-            storage.record_run(index, self.run_id, {**row, "finished_at": runs.now()})
-            # writers take turns, each after recording its row: the last one writes every row
-            with storage.Lease(storage.join(index, ".locks", "index.html"), f"{socket.gethostname()}:{os.getpid()}",
-                               ttl_seconds=self.lease_seconds):
-                rows = storage.read_runs_index(index)
-                storage.write_bytes(storage.join(index, "index.html"), runs.index_html(index, rows).encode())
+    def before_record(self, outputs):
+        final = json.loads(self.output().path.read_text())["final"]
+        runs.add_run(self.artifacts_dir, {
+            "run_id": self.run_id, **self.hyperparameters(), "train_accuracy": final["train_accuracy"],
+            "test_accuracy": final["test_accuracy"], "report_sha256": outputs["report.json"][1]["sha256"]},
+            lease_seconds=self.lease_seconds)
 
 
 class Sweep(RunTask):
@@ -867,33 +695,44 @@ class Sweep(RunTask):
 
     # the single-run values serve as the lists' defaults: hidden from luigid's pages beside the lists
     hidden_size = WholeNumber(default=50, maximum=MAX_HIDDEN, visibility=HIDDEN,
-                              config_path=_from("training", "hidden_size"),
+                              config_path=from_config("training", "hidden_size"),
                               description="Hidden size when hidden_sizes is not given.")
-    batch_size = WholeNumber(default=100, visibility=HIDDEN, config_path=_from("training", "batch_size"),
+    batch_size = WholeNumber(default=100, visibility=HIDDEN, config_path=from_config("training", "batch_size"),
                              description="Batch size when batch_sizes is not given.")
-    learning_rate = Number(default=0.1, visibility=HIDDEN, config_path=_from("training", "learning_rate"),
+    learning_rate = Number(default=0.1, visibility=HIDDEN, config_path=from_config("training", "learning_rate"),
                            description="Learning rate when learning_rates is not given.")
-    seed = WholeNumber(default=0, minimum=0, visibility=HIDDEN, config_path=_from("training", "seed"),
-                       description="Seed when seeds is not given.")
+    seed = WholeNumber(default=0, minimum=0, maximum=2**63 - 1, visibility=HIDDEN,
+                       config_path=from_config("training", "seed"), description="Seed when seeds is not given.")
     hidden_sizes = NumberList(default=None, whole=True, maximum=MAX_HIDDEN,
                               description="Hidden sizes; default [hidden_size].")
     learning_rates = NumberList(default=None, description="Learning rates; default [learning_rate].")
     batch_sizes = NumberList(default=None, whole=True, description="Batch sizes; default [batch_size].")
-    seeds = NumberList(default=None, whole=True, minimum=0, description="Seeds; default [seed].")
+    seeds = NumberList(default=None, whole=True, minimum=0, maximum=2**63 - 1,
+                       description="Seeds; default [seed].")
+    max_sweep_runs = WholeNumber(default=256, significant=False, visibility=HIDDEN,
+                                 config_path=from_config("training", "max_sweep_runs"),
+                                 description="The most runs one sweep may schedule.")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        sizes = [len(set(values or [None])) for values in (self.hidden_sizes, self.learning_rates, self.batch_sizes,
+                                                           self.seeds)]
+        if int(np.prod(sizes)) > self.max_sweep_runs:
+            raise ParameterError(f"the sweep has {' x '.join(map(str, sizes))} = {int(np.prod(sizes))} runs, more than "
+                                 f"[training] max_sweep_runs = {self.max_sweep_runs}: shorten the lists or raise it")
         train_size = known_train_size(self.dataset)
         for combination in self.combinations():
             if train_size is not None:
                 check_fits_data(combination["batch_size"], combination["iterations"], train_size)
 
     def combinations(self):
-        """The run parameters of every run in the sweep, in a fixed order."""
+        """The run parameters of every run in the sweep, in a fixed order, each once."""
         base = self.run_params()
-        grid = itertools.product(self.hidden_sizes or [self.hidden_size], self.learning_rates or [self.learning_rate],
-                                 self.batch_sizes or [self.batch_size], self.seeds or [self.seed])
-        return [{**base, "hidden_size": h, "learning_rate": lr, "batch_size": b, "seed": s} for h, lr, b, s in grid]
+        lists = [list(dict.fromkeys(values or [default])) for values, default in (
+            (self.hidden_sizes, self.hidden_size), (self.learning_rates, self.learning_rate),
+            (self.batch_sizes, self.batch_size), (self.seeds, self.seed))]
+        return [{**base, "hidden_size": h, "learning_rate": lr, "batch_size": b, "seed": s}
+                for h, lr, b, s in itertools.product(*lists)]
 
     @property
     def sweep_id(self):
@@ -903,14 +742,16 @@ class Sweep(RunTask):
         return [EvaluateNetwork(**combination) for combination in self.combinations()]
 
     def output(self):
-        return luigi.LocalTarget(str(self.artifacts_root / self.dataset / "sweeps" / self.sweep_id / "summary.csv"))
+        return Output(self.artifacts_root, self.artifacts_root.path(self.dataset, "sweeps", self.sweep_id,
+                                                                    "summary.csv"))
 
     def record_inputs(self):
-        return {task.run_id: target.path for task, target in zip(self.requires(), self.input())}
+        return {task.run_id: entry for task in self.requires()
+                for label, entry in task.recorded_outputs().items() if label == "report.json"}
 
     def make(self):
-        reports = [report.read_report(Path(target.path).parent) for target in self.input()]
-        rows, files = write_sweep_summary(Path(self.output().path).parent, self.sweep_id, reports)
+        reports = [report.read_report(target.path.parent) for target in self.input()]
+        rows, files = write_sweep_summary(self.output().path.parent, self.sweep_id, reports)
         logger.info("%s: %d runs; best %s with test accuracy %.4f", self.sweep_id, len(rows),
                     rows[0]["run_id"], rows[0]["final_test_accuracy"])
         return files
