@@ -246,7 +246,8 @@ def status_command(args):
         where = getattr(task, "run_id", task.dataset)
         rows.append([task.get_task_family(), where, state, reason or ""])
 
-    visit(target)
+    with tasks.one_look():
+        visit(target)
     print_table(["task", "of", "state", "why"], rows)
     return 0 if all(row[2] == "complete" for row in rows) else EXIT_WOULD_RUN
 

@@ -6,6 +6,7 @@ bucket) and trusted only while its lineage record vouches for its outputs and in
 DownloadDataset -> NormalizeImages, EncodeLabels -> CheckGradient -> TrainNetwork -> EvaluateNetwork
 """
 
+import contextlib
 import datetime
 import functools
 import itertools
@@ -47,21 +48,30 @@ HIDDEN = ParameterVisibility.HIDDEN
 MAX_HIDDEN = 100_000  # W1 of 784 x 100,000 float64 is 630 MB; more would not fit a worker's memory
 
 
-_memo = {}  # what was read of records and verdicts, since anything last ran in this process
+_looks = []  # while a look is open: what was read of records, and the verdicts, by key
 
 
-def _memoized(key, compute):
-    """compute(), once per key until a task of this process starts or ends its run."""
-    if key not in _memo:
-        _memo[key] = compute()
-    return _memo[key]
+@contextlib.contextmanager
+def one_look():
+    """Within the block, each record is read and each task judged once (a status pass)."""
+    outer = not _looks
+    if outer:
+        _looks.append({})
+    try:
+        yield
+    finally:
+        if outer:
+            _looks.clear()
 
 
-def _forget():
-    _memo.clear()
-
-
-os.register_at_fork(after_in_child=_forget)  # luigi's worker processes start with nothing known
+def _memoized(key, owner, compute):
+    """compute(), once per key while a look is open; every time otherwise."""
+    if not _looks:
+        return compute()
+    memo = _looks[0]
+    if key not in memo:
+        memo[key] = (owner, compute())  # the owner kept alive: its id is not reused meanwhile
+    return memo[key][1]
 
 
 class Output(luigi.Target):
@@ -142,7 +152,8 @@ class PipelineTask(luigi.Task):
 
     def stale_reason(self):
         """None when complete; otherwise why the task would run ("missing", "input changed: ...")."""
-        return _memoized(("verdict", self.task_id), self.find_stale_reason)
+        with one_look():
+            return _memoized(("verdict", id(self)), self, self.find_stale_reason)
 
     def find_stale_reason(self):
         for requirement in luigi.task.flatten(self.requires()):
@@ -163,7 +174,8 @@ class PipelineTask(luigi.Task):
         return lineage.files(self.record_location(), record) if record else {}
 
     def record(self):
-        return _memoized(("record", self.record_location()), lambda: lineage.read_record(self.record_location()))
+        location = self.record_location()
+        return _memoized(("record", location), self, lambda: lineage.read_record(location))
 
     def record_inputs(self):
         """{label: (location, entry)} of the files the outputs are made from, as their records hold them."""
@@ -176,11 +188,7 @@ class PipelineTask(luigi.Task):
         bucket with one) and the later ones find the work done. Each output is published (a no-op
         on a disk) while the lease is held, then the record that vouches for them, last."""
         with self.lock() as lease:
-            _forget()
-            try:
-                self.make_under(lease)
-            finally:
-                _forget()
+            self.make_under(lease)
 
     def make_under(self, lease):
         """run() once the lease is held."""

@@ -85,7 +85,7 @@ def outputs(workdir):
         "files": {name: (report_dir / name).read_bytes() for name in (
             "accuracy.csv", "report.md", "accuracy.svg", "loss.svg", "minibatch_loss.svg", "metrics.json",
             "params.json", "dvc.yaml")},
-        "runs": [without_times(r) for r in runs.read_runs(Path(workdir, "artifacts", "runs.csv"))
+        "runs": [without_times(r) for r in runs.read_runs(str(Path(workdir, "artifacts")))
                  if r["run_id"] == run_dir.name],
     }
 

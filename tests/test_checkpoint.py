@@ -218,6 +218,10 @@ def test_checkpoints_are_listed_in_numeric_order_past_eight_digits(tmp_path):
         "iter-00000600.h5", "iter-99999999.h5", "iter-100000000.h5"]
 
 
+def _exists(path):
+    return None if path.exists() else checkpoint.ABSENT
+
+
 def test_a_resume_builds_on_the_unbroken_run_of_good_checkpoints_only(tmp_path, caplog):
     for iteration in (0, 600, 1200, 1800):
         save(checkpoint.checkpoint_path(tmp_path, iteration), iteration=iteration)
@@ -225,13 +229,27 @@ def test_a_resume_builds_on_the_unbroken_run_of_good_checkpoints_only(tmp_path, 
     damaged = checkpoint.checkpoint_path(tmp_path, 1200)
     damaged.write_bytes(damaged.read_bytes()[:300])
     with caplog.at_level(logging.WARNING, logger="luigi-interface.pipeline"):
-        kept = checkpoint.valid_prefix(tmp_path, [0, 600, 1200, 1800, 2400], "h20-test", {"images.h5": "ab12"})
+        kept = checkpoint.valid_prefix(tmp_path, [0, 600, 1200, 1800, 2400], "h20-test", {"images.h5": "ab12"},
+                                       trusted=_exists)
     assert [c.iteration for c in kept] == [0, 600]  # 1800 is good, but 1200 before it is not
     assert "iter-00001200.h5" in caplog.text and "not resuming from" in caplog.text
     assert damaged.exists()  # passed over, not deleted
-    assert checkpoint.valid_prefix(tmp_path, [0, 600], "another-run", {"images.h5": "ab12"}) == []
-    assert checkpoint.valid_prefix(tmp_path, [0, 600], "h20-test", {"images.h5": "other data"}) == []
-    assert checkpoint.valid_prefix(tmp_path / "nothing-here", [0], "h20-test", {}) == []
+    assert checkpoint.valid_prefix(tmp_path, [0, 600], "another-run", {"images.h5": "ab12"}, _exists) == []
+    assert checkpoint.valid_prefix(tmp_path, [0, 600], "h20-test", {"images.h5": "other data"}, _exists) == []
+    assert checkpoint.valid_prefix(tmp_path / "nothing-here", [0], "h20-test", {}, _exists) == []
+
+
+def test_a_checkpoint_its_record_does_not_vouch_for_ends_the_resume_there(tmp_path, caplog):
+    for iteration in (0, 600, 1200):
+        save(checkpoint.checkpoint_path(tmp_path, iteration), iteration=iteration)
+
+    def trusted(path):  # as the training task's check says of a file whose bytes changed since it was saved
+        return "its bytes are changed or damaged since it was saved" if path.name == "iter-00000600.h5" else None
+
+    with caplog.at_level(logging.WARNING, logger="luigi-interface.pipeline"):
+        kept = checkpoint.valid_prefix(tmp_path, [0, 600, 1200], "h20-test", {"images.h5": "ab12"}, trusted)
+    assert [c.iteration for c in kept] == [0]
+    assert "iter-00000600.h5 or later: its bytes are changed or damaged" in caplog.text
 
 
 def test_describe_lists_datasets_and_attributes_and_rejects_non_hdf5(tmp_path):

@@ -118,19 +118,18 @@ def _append_many(path, prefix, count):
 
 
 def test_runs_csv_keeps_every_row_under_two_concurrent_writer_processes(tmp_path):
-    path = tmp_path / "runs.csv"
     context = multiprocessing.get_context("fork")
-    writers = [context.Process(target=_append_many, args=(path, prefix, 50)) for prefix in ("a", "b")]
+    writers = [context.Process(target=_append_many, args=(str(tmp_path), prefix, 50)) for prefix in ("a", "b")]
     for w in writers:
         w.start()
     for w in writers:
         w.join(60)
         assert w.exitcode == 0
-    with open(path, newline="") as f:
+    with open(tmp_path / "runs.csv", newline="") as f:
         records = list(csv.reader(f))
     assert records[0] == list(runs.RUN_COLUMNS)  # one header, then only data rows of full width
     assert len(records) == 101 and all(len(r) == len(runs.RUN_COLUMNS) for r in records)
-    rows = runs.read_runs(path)
+    rows = runs.read_runs(str(tmp_path))
     assert sorted(r["run_id"] for r in rows) == sorted(f"{p}-{k}" for p in "ab" for k in range(50))
     assert all(r["dataset"] == "synthetic" and r["finished_at"] for r in rows)
     # each writer's rows keep its own order: every append saw the rows written before it
@@ -140,9 +139,9 @@ def test_runs_csv_keeps_every_row_under_two_concurrent_writer_processes(tmp_path
 
 
 def test_a_rerun_replaces_its_row(tmp_path):
-    path = tmp_path / "runs.csv"
-    runs.add_run(path, {"run_id": "x", "test_accuracy": 0.5})
-    runs.add_run(path, {"run_id": "y", "test_accuracy": 0.6})
-    runs.add_run(path, {"run_id": "x", "test_accuracy": 0.7, "not_a_column": 1})
+    path = str(tmp_path)
+    runs.add_run(path, {"run_id": "x", "dataset": "d", "test_accuracy": 0.5})
+    runs.add_run(path, {"run_id": "y", "dataset": "d", "test_accuracy": 0.6})
+    runs.add_run(path, {"run_id": "x", "dataset": "d", "test_accuracy": 0.7, "not_a_column": 1})
     rows = runs.read_runs(path)
     assert [(r["run_id"], r["test_accuracy"]) for r in rows] == [("y", "0.6"), ("x", "0.7")]

@@ -9,7 +9,7 @@ import pytest
 from luigi.execution_summary import LuigiStatusCode
 
 from fakedata import make_idx_dataset
-from pipeline import checkpoint, lineage, processed, runs, tasks
+from pipeline import checkpoint, lineage, processed, runs, storage, tasks
 from pipeline.errors import ParameterError
 from pipeline.network import PARAM_NAMES, TwoLayerNet
 from runner import build
@@ -150,10 +150,10 @@ def test_report_figures_agree_with_the_checkpoints_they_came_from(chain, monkeyp
     expected = np.zeros((10, 10), dtype=int)
     np.add.at(expected, (labels["test_labels"], predicted), 1)
     assert full["confusion_matrix"] == expected.tolist()
-    assert full["digests"]["data"]["images.h5"] == lineage.file_digest(images_path)
+    assert full["digests"]["data"]["images.h5"] == storage.file_sha256(images_path)
     assert full["gradient_check"]["passed"] and set(full["stage_seconds"]) == {
         "TrainNetwork", "CheckGradient", "NormalizeImages", "EncodeLabels"}
-    rows = runs.read_runs(Path(chain["artifacts_dir"]) / "runs.csv")
+    rows = runs.read_runs(chain["artifacts_dir"])
     assert [r["run_id"] for r in rows] == [task.run_id]
     assert float(rows[0]["test_accuracy"]) == full["final"]["test_accuracy"]
 
@@ -164,7 +164,7 @@ def test_a_custom_dataset_from_another_source_dir_is_fetched_again_and_retrained
     make_idx_dataset(other, n_train=600, n_test=200, seed=77)
     moved = {**chain, "source_dir": str(other)}
     reason = tasks.EvaluateNetwork(**moved).stale_reason()
-    assert f"not --source-dir {other}" in reason
+    assert f"another source than --source-dir {other}" in reason
     assert run(tasks.EvaluateNetwork, **moved) == LuigiStatusCode.SUCCESS
     manifest = json.loads((Path(chain["data_dir"]) / "raw" / "synthetic" / "MANIFEST.json").read_text())
     assert all(entry["source"].startswith(str(other)) for entry in manifest["files"].values())
