@@ -294,8 +294,8 @@ def _run_location(text, artifacts_dir):
         row = runs.find_run(artifacts_dir, text)
         if row is not None:
             return storage.join(artifacts_dir, row["dataset"], row["run_id"])
-    raise PipelineError(f"{text} is neither a run directory, an .h5 file nor a run id in {artifacts_dir}/runs.csv: "
-                        f"give one (`mnist-pipeline inspect` lists the runs)")
+    raise PipelineError(f"{text} does not exist, as a path or as a run id of {storage.join(artifacts_dir, 'runs.csv')}: "
+                        f"give a run directory, an .h5 file or a run id (`mnist-pipeline inspect` lists the runs)")
 
 
 @_removing_copies

@@ -89,11 +89,7 @@ def find_run(artifacts_dir, run_id):
 def _parse(content, artifacts_dir):
     if not content:
         return []
-    try:
-        text = content.decode("utf-8")
-    except UnicodeDecodeError:
-        logger.warning("%s is not UTF-8 text: its rows are ignored and it is written anew", artifacts_dir)
-        return []
+    text = content.decode("utf-8", errors="replace")  # a row that is not UTF-8 fails the checks below
     rows = []
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)

@@ -89,21 +89,24 @@ def parse(text, what="location"):
     name and no empty, `.` or `..` part in the key; or a non-empty local path. A trailing `/`
     is dropped."""
     text = str(text)
+
+    def invalid(why):
+        return ParameterError(f"invalid {what}={text}: must be a directory path or s3://bucket/prefix ({why})")
+
     if text.startswith("s3:") or "://" in text:
         if not text.startswith("s3://"):
-            raise ParameterError(f"invalid {what} {text!r}: write a local directory or s3://bucket/prefix")
+            raise invalid("no other scheme is known")
         bucket, _, key = text[len("s3://"):].partition("/")
         if not _BUCKET.fullmatch(bucket) or ".." in bucket:
-            raise ParameterError(f"invalid {what} {text!r}: {bucket!r} is not a bucket name (3-63 characters: "
-                                 f"lower-case letters, digits, '.' and '-'); write s3://bucket/prefix")
+            raise invalid(f"{bucket!r} is not a bucket name: 3-63 lower-case letters, digits, '.' and '-'")
         key = key.rstrip("/")
         if key and any(part in ("", ".", "..") for part in key.split("/")):
-            raise ParameterError(f"invalid {what} {text!r}: a key may not hold '//', '.' or '..' parts")
+            raise invalid("a key may not hold '//', '.' or '..' parts")
         if any(ord(c) < 32 for c in key):
-            raise ParameterError(f"invalid {what} {text!r}: a key may not hold control characters")
+            raise invalid("a key may not hold control characters")
         return f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
     if not text.strip() or "\0" in text:
-        raise ParameterError(f"invalid {what} {text!r}: give a directory path or s3://bucket/prefix")
+        raise invalid("it is empty")
     return text.rstrip("/") or "/"
 
 
@@ -620,6 +623,12 @@ def update(location, change, *, settings=None, tries=50):
         except Exception as error:
             if not _is_client_error(error, *_CONFLICT, *_MISSING):
                 raise
+            try:  # a retried write whose first try took effect fails its own condition: look
+                if new != old and client.get_object(Bucket=bucket, Key=key)["Body"].read() == new:
+                    return new
+            except Exception as again:
+                if not _is_client_error(again, *_MISSING):
+                    raise
         time.sleep(min(2.0, 0.02 * 2 ** attempt) * (0.5 + _jitter()))
     raise StorageError(f"{location} could not be updated: {tries} other writers came first; try again")
 

@@ -648,9 +648,9 @@ class EvaluateNetwork(RunTask):
     def stale_reason(self):
         reason = super().stale_reason()
         if reason is None:
-            report_entry = self.recorded_outputs().get("report.json", (None, {}))[1]
-            row = runs.find_run(self.artifacts_dir, self.run_id)
-            if row is None or row.get("report_sha256") != report_entry.get("sha256"):
+            expected = (self.record() or {}).get("runs_row") or {}
+            row = runs.find_run(self.artifacts_dir, self.run_id) or {}
+            if not expected or any(row.get(key) != value for key, value in expected.items()):
                 reason = f"the runs index in {self.artifacts_dir} lacks the run's row or disagrees with its report"
         return reason
 
@@ -687,10 +687,13 @@ class EvaluateNetwork(RunTask):
 
     def before_record(self, outputs):
         final = json.loads(self.output().path.read_text())["final"]
-        runs.add_run(self.artifacts_dir, {
-            "run_id": self.run_id, **self.hyperparameters(), "train_accuracy": final["train_accuracy"],
-            "test_accuracy": final["test_accuracy"], "report_sha256": outputs["report.json"][1]["sha256"]},
-            lease_seconds=self.lease_seconds)
+        row = {"run_id": self.run_id, **self.hyperparameters(), "train_accuracy": final["train_accuracy"],
+               "test_accuracy": final["test_accuracy"], "report_sha256": outputs["report.json"][1]["sha256"]}
+        runs.add_run(self.artifacts_dir, row, lease_seconds=self.lease_seconds)
+        self.runs_row = {key: str(value) for key, value in row.items() if key in runs.RUN_COLUMNS}
+
+    def facts(self):
+        return {"runs_row": self.runs_row}
 
 
 class Sweep(RunTask):

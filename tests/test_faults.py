@@ -43,7 +43,7 @@ KILLS = {
     "model write": ("pipeline.checkpoint:save_checkpoint", 7, "after", _record("TrainNetwork")),
     "report": ("pipeline.report:write_atomically", 3, "after", _record("EvaluateNetwork")),
     "lineage record": ("pipeline.lineage:write_record", 5, "before", _record("EvaluateNetwork")),
-    "runs index": ("pipeline.runs:write_atomically", 1, "before", lambda w: Path(w, "artifacts/runs.csv")),
+    "runs index": ("pipeline.runs:_csv", 1, "after", lambda w: Path(w, "artifacts/runs.csv")),
 }
 
 

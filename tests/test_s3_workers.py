@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import checkpoint, storage
+from pipeline import checkpoint, runs, storage
 from pipeline.network import PARAM_NAMES
 from runner import RUN, REPO, run, workspace
 from s3server import FaultyProxy, S3Server
@@ -58,9 +58,10 @@ def weights_in_bucket(s3, prefix):
     names = storage.listing(f"s3://{s3.bucket}/{prefix}", settings=s3.settings)
     for name in names:
         if name.endswith("/model.h5"):
-            local = storage.fetch(f"s3://{s3.bucket}/{prefix}/{name}", Path(os.environ.get("TMPDIR", "/tmp")) /
-                                  f"weights-{s3.bucket}", settings=s3.settings)
-            model = checkpoint.load_checkpoint(local)
+            folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"weights-{s3.bucket}" / name.replace("/", "-")
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            folder.write_bytes(storage.read_bytes(f"s3://{s3.bucket}/{prefix}/{name}", settings=s3.settings))
+            model = checkpoint.load_checkpoint(folder)
             found[name.split("/")[-2]] = b"".join(model.params[k].tobytes() for k in PARAM_NAMES)
     return found
 
@@ -70,7 +71,9 @@ def weights_on_disk(artifacts):
             for p in Path(artifacts).glob("synthetic/*/model.h5")}
 
 
-def test_three_share_nothing_workers_run_a_sweep_through_the_bucket(tmp_path, s3, synthetic_source, luigid):
+def test_three_share_nothing_workers_run_a_sweep_through_the_bucket(tmp_path, s3, synthetic_source, luigid,
+                                                                     monkeypatch):
+    monkeypatch.setattr(storage, "s3_settings", lambda config=None: s3.settings)
     port, url = luigid
     reference = workspace(tmp_path / "local")
     done = run(["--module", "pipeline.tasks", "Sweep", "--local-scheduler", *local_flags(synthetic_source), *SWEEP],
@@ -97,7 +100,7 @@ def test_three_share_nothing_workers_run_a_sweep_through_the_bucket(tmp_path, s3
                      "checkpoints/iter-00000036.h5"):
             assert f"artifacts/synthetic/{run_id}/{part}" in names
     assert [n for n in names if n.startswith("artifacts/synthetic/sweeps/") and n.endswith("summary.csv")]
-    rows = storage.read_runs_index(f"s3://{s3.bucket}/artifacts", settings=s3.settings)
+    rows = runs.read_runs(f"s3://{s3.bucket}/artifacts")
     assert len(rows) == 4 and len({r["run_id"] for r in rows}) == 4
     for run_id in weights_on_disk(reference / "artifacts"):  # made by whichever worker: nothing missing
         full = json.loads(storage.read_bytes(f"s3://{s3.bucket}/artifacts/synthetic/{run_id}/report/report.json",
@@ -157,7 +160,7 @@ def test_throttling_and_resets_of_the_store_change_nothing(tmp_path, s3, synthet
         assert sum(proxy.counts.values()) > 50
     assert weights_in_bucket(s3, "artifacts") == weights_on_disk(reference / "artifacts")
     names = storage.listing(f"s3://{s3.bucket}", settings=s3.settings)
-    assert not [n for n in names if n.split("/")[-1].startswith(".")]
+    assert not [n for n in names if n.split("/")[-1].startswith(".") and n.split("/")[-1] != storage.MARKER]
 
 
 def test_two_uncoordinated_runs_of_one_training_train_it_once(tmp_path, s3, synthetic_source):

@@ -4,6 +4,7 @@ through a proxy that throttles and resets connections, and on local directories.
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +16,8 @@ from pathlib import Path
 import luigi.configuration
 import pytest
 
-from pipeline import storage
-from pipeline.errors import ParameterError
+from pipeline import runs, storage
+from pipeline.errors import ParameterError, StorageError
 from s3server import FaultyProxy, S3Server
 
 pytestmark = pytest.mark.slow  # servers on 127.0.0.1 and processes racing: tens of seconds
@@ -89,65 +90,73 @@ def start_together(processes):
 @pytest.mark.parametrize("size, multipart", [(300_000, False), (11 * MiB, True)])
 def test_publish_fetch_round_trip_is_byte_identical(tmp_path, s3, size, multipart):
     source = random_file(tmp_path / "model.h5", size)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
     location = storage.join(s3.prefix, "runs-data", "model.h5")
-    digest = storage.publish(source, location, settings=s3.settings, multipart_threshold=5 * MiB if multipart else 64 * MiB,
-                             part_size=5 * MiB)
-    assert digest == hashlib.sha256(source.read_bytes()).hexdigest()
+    stored = storage.publish(source, location, settings=s3.settings,
+                             multipart_threshold=5 * MiB if multipart else 64 * MiB, part_size=5 * MiB)
     _, key = storage._split(location)
     head = s3.client().head_object(Bucket=s3.bucket, Key=key)
-    assert head["Metadata"]["sha256"] == digest
+    assert stored == storage.Stored(size, head["ETag"]) == storage.stat(location, settings=s3.settings)
+    assert head["Metadata"] == {}  # nothing trusts an object's own description, so none is written
     assert ("-" in head["ETag"]) == multipart  # a multipart ETag is "<md5 of md5s>-<parts>"
-    fetched = storage.fetch(location, tmp_path / "cache", settings=s3.settings)
+    fetched = storage.fetch(location, tmp_path / "cache", digest, settings=s3.settings)
     assert fetched == tmp_path / "cache" / digest / "model.h5"
     assert fetched.read_bytes() == source.read_bytes()
     assert storage.exists(location, settings=s3.settings)
-    assert storage.listing(s3.prefix, settings=s3.settings) == ["runs-data/model.h5"]
+    assert storage.listing(s3.prefix, settings=s3.settings) == {"runs-data/model.h5": stored}
     assert bucket_keys(s3) == [key] and unfinished_uploads(s3) == []
     storage.delete(location, settings=s3.settings)
     storage.delete(location, settings=s3.settings)  # deleting nothing is fine
     assert not storage.exists(location, settings=s3.settings)
     with pytest.raises(FileNotFoundError):
-        storage.fetch(location, tmp_path / "cache", settings=s3.settings)
+        storage.fetch(location, tmp_path / "other-cache", digest, settings=s3.settings)
 
 
 def test_local_locations_behave_the_same(tmp_path):
     source = random_file(tmp_path / "src.bin", 100_000)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
     location = str(tmp_path / "store" / "a" / "b.bin")
-    assert storage.publish(source, location) == hashlib.sha256(source.read_bytes()).hexdigest()
-    assert storage.fetch(location, tmp_path / "cache").read_bytes() == source.read_bytes()
+    assert storage.publish(source, location) == storage.Stored(100_000) == storage.stat(location)
+    assert storage.fetch(location, tmp_path / "cache", digest).read_bytes() == source.read_bytes()
+    with pytest.raises(StorageError):
+        storage.fetch(location, tmp_path / "cache", "0" * 64)
     storage.write_bytes(str(tmp_path / "store" / "c.txt"), "hello")
     assert storage.read_bytes(str(tmp_path / "store" / "c.txt")) == b"hello"
     assert storage.exists(location) and not storage.exists(location + ".nope")
-    assert storage.listing(str(tmp_path / "store")) == ["a/b.bin", "c.txt"]
+    assert list(storage.listing(str(tmp_path / "store"))) == ["a/b.bin", "c.txt"]
     storage.delete(location)
-    assert storage.listing(str(tmp_path / "store")) == ["c.txt"]
+    assert list(storage.listing(str(tmp_path / "store"))) == ["c.txt"]
     with pytest.raises(FileNotFoundError):
-        storage.fetch(location, tmp_path / "cache")
+        storage.fetch(location, tmp_path / "cache", digest)
 
 
-def test_a_cache_hit_downloads_nothing_and_a_damaged_copy_is_fetched_again(tmp_path, s3):
+def test_a_download_is_used_only_when_its_bytes_match_the_recorded_digest(tmp_path, s3):
     source = random_file(tmp_path / "train.h5", 2 * MiB)
+    recorded = hashlib.sha256(source.read_bytes()).hexdigest()
     location = storage.join(s3.prefix, "train.h5")
     storage.publish(source, location, settings=s3.settings)
     with FaultyProxy(s3.endpoint) as proxy:  # no faults: it only counts
         settings = proxy.settings(s3)
-        first = storage.fetch(location, tmp_path / "cache", settings=settings)
+        first = storage.fetch(location, tmp_path / "cache", recorded, settings=settings)
         assert proxy.counts["GET"] == 1
-        second = storage.fetch(location, tmp_path / "cache", settings=settings)
-        assert second == first and proxy.counts["GET"] == 1 and proxy.counts["HEAD"] == 2
+        second = storage.fetch(location, tmp_path / "cache", recorded, settings=settings)
+        assert second == first and proxy.counts["GET"] == 1  # a cached copy that hashes right: no request
         with open(first, "r+b") as handle:  # one flipped byte in the cached copy
             handle.seek(1000)
             byte = handle.read(1)
             handle.seek(1000)
             handle.write(bytes([byte[0] ^ 1]))
-        third = storage.fetch(location, tmp_path / "cache", settings=settings)
+        third = storage.fetch(location, tmp_path / "cache", recorded, settings=settings)
         assert third == first and proxy.counts["GET"] == 2
         assert third.read_bytes() == source.read_bytes()
-        # A new version at the same location is a new digest, so a new download.
+        # Other bytes at the same location, whatever their metadata says, are not what was recorded.
         random_file(source, 2 * MiB, seed=1)
-        storage.publish(source, location, settings=settings)
-        fourth = storage.fetch(location, tmp_path / "cache", settings=settings)
-        assert fourth != first and fourth.read_bytes() == source.read_bytes() and proxy.counts["GET"] == 3
+        _, key = storage._split(location)
+        s3.client().put_object(Bucket=s3.bucket, Key=key, Body=source.read_bytes(), Metadata={"sha256": recorded})
+        shutil.rmtree(tmp_path / "cache")
+        with pytest.raises(StorageError, match="does not match the digest its record holds"):
+            storage.fetch(location, tmp_path / "cache", recorded, settings=settings)
+        assert not (tmp_path / "cache" / recorded / "train.h5").exists()
 
 
 @pytest.mark.parametrize("interruption", [RuntimeError, KeyboardInterrupt])
@@ -292,27 +301,31 @@ def test_a_lease_as_a_context_manager_waits_for_the_holder(tmp_path, s3):
 # runs index
 
 WRITER = READY + """
+    from pipeline import runs
     base, i = sys.argv[1], int(sys.argv[2])
-    storage.record_run(base, f"run-{i}", {"accuracy": i / 10, "writer": i})
+    runs.add_run(base, {"run_id": f"run-{i}", "dataset": "d", "test_accuracy": i / 10, "seed": i})
 """
 
 
 @pytest.mark.parametrize("backend", ["s3", "local"])
-def test_eight_concurrent_writers_make_eight_index_rows(tmp_path, s3, backend):
+def test_eight_concurrent_writers_make_eight_index_rows(tmp_path, s3, backend, monkeypatch):
     base = s3.prefix if backend == "s3" else str(tmp_path / "index")
     writers = [run_python(WRITER, s3.env, base, i) for i in range(8)]
     start_together(writers)
     outputs = [writer.communicate(timeout=60) for writer in writers]
     assert [writer.returncode for writer in writers] == [0] * 8, outputs
-    rows = storage.read_runs_index(base, settings=s3.settings)
+    monkeypatch.setattr(storage, "s3_settings", lambda config=None: s3.settings)
+    rows = sorted(runs.read_runs(base), key=lambda row: row["run_id"])
     assert [row["run_id"] for row in rows] == [f"run-{i}" for i in range(8)]
-    assert [row["writer"] for row in rows] == list(range(8))
-    # Recording a run again replaces its row.
-    storage.record_run(base, "run-3", {"accuracy": 1.0, "writer": 3}, settings=s3.settings)
-    rows = storage.read_runs_index(base, settings=s3.settings)
-    assert len(rows) == 8 and rows[3]["accuracy"] == 1.0
-    with pytest.raises(ParameterError):
-        storage.record_run(base, "../escape", {}, settings=s3.settings)
+    assert [row["seed"] for row in rows] == [str(i) for i in range(8)]
+    # Recording a run again replaces its row; a malformed row is skipped, never fatal.
+    runs.add_run(base, {"run_id": "run-3", "dataset": "d", "test_accuracy": 1.0})
+    csv_location = storage.join(base, "runs.csv")
+    storage.write_bytes(csv_location, storage.read_bytes(csv_location) + b"../escape,\n\xff\xfe,garbage\n")
+    rows = runs.read_runs(base)
+    assert len(rows) == 8 and runs.find_run(base, "run-3")["test_accuracy"] == "1.0"
+    runs.add_run(base, {"run_id": "run-8", "dataset": "d", "test_accuracy": 0.5})
+    assert len(runs.read_runs(base)) == 9 and b"escape" not in storage.read_bytes(csv_location)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,14 +341,16 @@ def test_every_operation_succeeds_through_throttling_and_resets(tmp_path, s3):
                                       ("large.bin", large, {"multipart_threshold": 5 * MiB, "part_size": 5 * MiB})):
             location = storage.join(s3.prefix, "data", name)
             storage.publish(source, location, settings=settings, **options)
-            assert storage.fetch(location, tmp_path / "cache", settings=settings).read_bytes() == source.read_bytes()
+            digest = hashlib.sha256(source.read_bytes()).hexdigest()
+            assert storage.fetch(location, tmp_path / "cache", digest, settings=settings).read_bytes() == \
+                source.read_bytes()
             assert storage.exists(location, settings=settings)
         for i in range(4):
             storage.write_bytes(storage.join(s3.prefix, "notes", f"{i}.txt"), f"note {i}", settings=settings)
-            storage.record_run(s3.prefix, f"run-{i}", {"i": i}, settings=settings)
+            storage.update(storage.join(s3.prefix, "counter"), lambda old: str(int(old or 0) + 1), settings=settings)
         assert [storage.read_bytes(storage.join(s3.prefix, "notes", f"{i}.txt"), settings=settings)
                 for i in range(4)] == [f"note {i}".encode() for i in range(4)]
-        assert [row["i"] for row in storage.read_runs_index(s3.prefix, settings=settings)] == list(range(4))
+        assert storage.read_bytes(storage.join(s3.prefix, "counter"), settings=settings) == b"4"
         for i in range(2):
             lease = storage.Lease(storage.join(s3.prefix, "lease"), owner=f"o{i}", ttl_seconds=0.9, settings=settings)
             assert lease.acquire(wait=True, timeout=30)
@@ -347,9 +362,8 @@ def test_every_operation_succeeds_through_throttling_and_resets(tmp_path, s3):
         names = storage.listing(s3.prefix, settings=settings)
     assert proxy.counts["faults"] >= 10, proxy.counts
     assert all(proxy.counts[fault] for fault in ("slowdown", "reset", "reset_after", "truncate")), proxy.counts
-    expected = (["data/large.bin", "data/small.bin"] + [f"notes/{i}.txt" for i in range(1, 4)]
-                + [f"runs/run-{i}.json" for i in range(4)])
-    assert names == expected and bucket_keys(s3) == [storage._split(s3.prefix)[1] + "/" + n for n in expected]
+    expected = ["counter", "data/large.bin", "data/small.bin"] + [f"notes/{i}.txt" for i in range(1, 4)]
+    assert list(names) == expected and bucket_keys(s3) == [storage._split(s3.prefix)[1] + "/" + n for n in expected]
     assert unfinished_uploads(s3) == []
     # what the proxy let through is what was sent
     _, key = storage._split(s3.prefix)
