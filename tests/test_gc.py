@@ -3,7 +3,9 @@ outcomes: it refuses roots the pipeline did not make, touches only names the pip
 keeps what a held lock may be using, and after a real sweep leaves exactly the kept run, the
 sweep and the data."""
 
+import contextlib
 import fcntl
+import io
 import json
 import os
 import subprocess
@@ -15,7 +17,7 @@ from pathlib import Path
 import luigi.configuration
 import pytest
 
-from pipeline import gc, lineage, runs, storage
+from pipeline import cli, gc, lineage, runs, storage
 from pipeline.errors import ParameterError
 from runner import workspace
 from s3server import S3Server
@@ -61,11 +63,18 @@ class Store:
             return sorted(storage.listing(self.base))
         return sorted(Path(d, f).relative_to(self.base).as_posix() for d, _, files in os.walk(self.base) for f in files)
 
-    def gc(self, *args):
-        """`mnist-pipeline gc` on the two roots, in a process of its own."""
-        return subprocess.run([sys.executable, "-m", "pipeline", "gc", "--data-dir", self.data, "--artifacts-dir",
-                               self.artifacts, *args], cwd=self.workdir, env=self.env, capture_output=True,
-                              text=True, timeout=300)
+    def gc(self, *args, process=False):
+        """`mnist-pipeline gc` on the two roots: (exit code, stdout, stderr); in this process (its
+        storage calls reach the bucket through luigi's [s3] section), or in one of its own."""
+        args = ["gc", "--data-dir", self.data, "--artifacts-dir", self.artifacts, *args]
+        if process:
+            done = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=self.workdir, env=self.env,
+                                  capture_output=True, text=True, timeout=300)
+            return done.returncode, done.stdout, done.stderr
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(args)
+        return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -93,9 +102,9 @@ def test_a_root_without_the_marker_is_refused_and_nothing_is_removed(store):
                "data/raw/mnist/.MANIFEST.json.abcdefgh.tmp", "data/notes.txt"]
     for name in foreign:
         store.put(name)
-    done = store.gc("--yes", "--keep-runs", "0", "--checkpoints")
-    assert done.returncode == 2, done.stdout + done.stderr
-    (line,) = done.stderr.strip().splitlines()
+    code, out, err = store.gc("--yes", "--keep-runs", "0", "--checkpoints")
+    assert code == 2 and out == "", out + err
+    (line,) = err.strip().splitlines()
     assert line.startswith("mnist-pipeline: error: ") and store.data in line and ".mnist-pipeline marker" in line
     assert store.names() == sorted(foreign)
     with pytest.raises(ParameterError, match="no .mnist-pipeline marker"):
@@ -118,8 +127,8 @@ def test_in_a_marked_root_only_the_pipelines_own_names_go(store):
         [(name, "temporary") for name in ours if ".partial/" not in name] +
         [("data/raw/.synthetic.k3j4h5ab.partial", "staging")])
     assert store.names() == before  # planning only reads
-    done = store.gc("--yes")
-    assert done.returncode == 0, done.stderr
+    code, out, err = store.gc("--yes")
+    assert code == 0 and "removed 5 item(s)" in out, out + err
     assert store.names() == sorted(set(before) - set(ours))
 
 
@@ -252,7 +261,8 @@ def test_the_cache_loses_unused_downloads_and_quiet_working_copies(tmp_path):
     assert [(Path(i.location).relative_to(cache).as_posix(), i.kind) for i in items] == [
         (f"objects/{old}/images.h5", "cached-object"), ("artifacts-0123456789ab", "working-copy")]
     assert items[1].bytes == 50
-    assert store.gc("--cache-dir", str(cache), "--cache-days", "0", "--yes").returncode == 0
+    code, out, err = store.gc("--cache-dir", str(cache), "--cache-days", "0", "--yes")
+    assert code == 0 and "removed 3 item(s), 250 B freed" in out, out + err
     assert sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file()) == [
         "notes.txt", "objects/not-a-digest/f"]
     assert (cache / "data-0123456789ab").is_dir()  # changed just now: a worker may be using it
@@ -276,9 +286,9 @@ def test_after_a_sweep_keep_runs_leaves_the_last_run_the_sweep_and_the_data(stor
     kept, gone = order[-1], order[:-1]
     (sweep_id,) = {name.split("/")[3] for name in before if "/sweeps/" in name}
 
-    dry = store.gc("--keep-runs", "1", "--checkpoints")
-    assert dry.returncode == 0 and "a dry run" in dry.stdout and store.names() == before, dry.stderr
-    assert sum(line.startswith("old-run ") for line in dry.stdout.splitlines()) == 3
+    code, out, err = store.gc("--keep-runs", "1", "--checkpoints")
+    assert code == 0 and "a dry run" in out and store.names() == before, err
+    assert sum(line.startswith("old-run ") for line in out.splitlines()) == 3
 
     # a held lock of one old run keeps that run; a held Sweep lock keeps them all
     row = runs.find_run(store.artifacts, gone[0])
@@ -290,9 +300,8 @@ def test_after_a_sweep_keep_runs_leaves_the_last_run_the_sweep_and_the_data(stor
         assert old == (sorted(gone[1:]) if name.startswith("Train") else [])
         assert items.notes
 
-    done = store.gc("--keep-runs", "1", "--checkpoints", "--yes")
-    assert done.returncode == 0, done.stderr
-    assert "removed 3 item(s)" in done.stdout
+    code, out, err = store.gc("--keep-runs", "1", "--checkpoints", "--yes", process=True)
+    assert code == 0 and "removed 3 item(s)" in out, err
     run = f"artifacts/synthetic/{kept}"
     report = sorted(name for name in before if name.startswith(f"{run}/report/"))
     assert len(report) == 10
