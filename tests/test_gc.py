@@ -19,6 +19,7 @@ import pytest
 
 from pipeline import cli, gc, lineage, runs, storage
 from pipeline.errors import ParameterError
+from runner import RUN as RUN_FLAGS
 from runner import workspace
 from s3server import S3Server
 
@@ -332,3 +333,31 @@ def test_after_a_sweep_keep_runs_leaves_the_last_run_the_sweep_and_the_data(stor
     assert status.returncode == 0, status.stdout + status.stderr
     again = gc.plan(gc.survey(store.artifacts, store.data), keep_runs=1, checkpoints=True)
     assert again == [] and again.notes == []
+
+
+@pytest.mark.slow
+def test_checkpoints_leaves_a_finished_run_its_last_checkpoint_and_nothing_reruns(store, synthetic_source):
+    flags = ["--dataset", "synthetic", "--source-dir", str(synthetic_source), "--local-dirs", "[]", "--mirrors", "[]",
+             "--data-dir", store.data, "--artifacts-dir", store.artifacts, *RUN_FLAGS]
+    done = subprocess.run([sys.executable, "-m", "luigi", "--module", "pipeline.tasks", "EvaluateNetwork",
+                           "--local-scheduler", *flags], cwd=store.workdir, env=store.env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_id,) = [row["run_id"] for row in runs.read_runs(store.artifacts)]
+    run = f"artifacts/synthetic/{run_id}"
+    saved = [f"iter-{i:08d}" for i in range(0, 61, 12)]
+    before = store.names()
+    assert [n for n in before if "checkpoints/" in n] == [f"{run}/checkpoints/{c}.h5" for c in saved] + \
+        [f"{run}/lineage/checkpoints/{c}.json" for c in saved]
+    code, out, err = store.gc("--checkpoints", "--yes")
+    assert code == 0 and "removed 5 item(s)" in out, out + err
+    spare = {f"{run}/checkpoints/{c}.h5" for c in saved[:-1]} | {f"{run}/lineage/checkpoints/{c}.json"
+                                                                  for c in saved[:-1]}
+    assert store.names() == sorted(set(before) - spare)
+    record = lineage.read_record(storage.join(store.base, run, "lineage", "TrainNetwork.json"))
+    assert sorted(record["outputs"]) == ["checkpoints/iter-00000060.h5", "model.h5"]
+    assert record["removed_by_gc"][0]["outputs"] == [f"checkpoints/{c}.h5" for c in saved[:-1]]
+    status = subprocess.run([sys.executable, "-m", "pipeline", "status", *flags], cwd=store.workdir, env=store.env,
+                            capture_output=True, text=True, timeout=300)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert gc.plan(gc.survey(store.artifacts, store.data), checkpoints=True) == []
