@@ -38,6 +38,7 @@ run or sweep goes while a Sweep's lock is held. The notes of the plan say what w
 Checks happen when planning; nothing is locked until remove().
 """
 
+import bisect
 import datetime
 import fcntl
 import hashlib
@@ -67,6 +68,7 @@ WORKING_COPY = re.compile(r"^(data|artifacts)-[0-9a-f]{12}$")
 LOCK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")  # task ids, index.html, runs.csv.lock
 ROOT_FILES = (storage.MARKER, "runs.csv", "index.html")
 RUN_TASKS = ("CheckGradient", "TrainNetwork", "EvaluateNetwork")
+AT_WORK = ("unfinished-run", "temporary", "staging")  # kept while a lock of their root is held
 FIRST_RECORDS = ("lineage/EvaluateNetwork.json", "lineage/Sweep.json")  # removed first: no record outlives its files
 
 
@@ -121,17 +123,20 @@ class Tree:
         self.location = storage.parse(location)
         self.remote = storage.is_remote(self.location)
         self.files = _local_files(self.location) if not self.remote else storage.listing(self.location)
+        self._names = sorted(self.files)
         self.listed = {self.where(name): stored for name, stored in self.files.items()} if self.remote else None
-        self.locks = _locks(self, now) if self.files else []
+        self.locks = _locks(self.location, self.files, now)
         self.held = sorted(lock.name for lock in self.locks if lock.held)
 
     def where(self, name):
         return storage.join(self.location, name)
 
     def under(self, prefix):
-        """{name: Stored} of the files below prefix/."""
+        """{name: Stored} of the files below prefix/ (a range of the sorted names)."""
         prefix = prefix.rstrip("/") + "/"
-        return {name: stored for name, stored in self.files.items() if name.startswith(prefix)}
+        start = bisect.bisect_left(self._names, prefix)
+        end = bisect.bisect_left(self._names, prefix[:-1] + chr(ord("/") + 1), start)
+        return {name: self.files[name] for name in self._names[start:end]}
 
     def size(self, prefix):
         return sum(stored.size for stored in self.under(prefix).values())
@@ -159,15 +164,15 @@ class Lock:
     why: str = ""
 
 
-def _locks(tree, now):
-    """The Locks in tree's .locks/ (direct children only)."""
+def _locks(root, files, now):
+    """The Locks in root/.locks/ (direct children only), of files ({name: Stored} under root)."""
     found = []
-    for name, stored in tree.files.items():
+    for name, stored in files.items():
         parts = name.split("/")
         if len(parts) != 2 or parts[0] != ".locks" or not LOCK_NAME.match(parts[1]):
             continue
-        location = tree.where(name)
-        if not tree.remote:
+        location = storage.join(root, name)
+        if not storage.is_remote(root):
             held = _held_locally(location)
             stale = not held and not parts[1].endswith(".lock")
             found.append(Lock(parts[1], location, held, stale, stored.size, "a lock file no process holds"))
@@ -265,7 +270,8 @@ class Survey:
             return None
         if storage.MARKER not in tree.files:
             raise ParameterError(f"{location} has no {storage.MARKER} marker: gc acts only in roots the pipeline "
-                                 f"made; give the {what} the pipeline writes to")
+                                 f"made; give the {what} the pipeline writes to (one it made before markers "
+                                 f"existed: create {storage.MARKER} in it first)")
         return tree
 
 
@@ -415,7 +421,10 @@ def plan(found, keep_runs=None, checkpoints=False, *, cache_days=None, min_age=H
                   for lock in tree.locks if lock.stale]
     if found.cache is not None and cache_days is not None:
         items += _cache_items(found.cache, found.now, cache_days, min_age)
-    return Plan(items, notes)
+    unique = {}
+    for item in items:  # one root given as both data_dir and artifacts_dir
+        unique.setdefault((item.location, item.kind), item)
+    return Plan(unique.values(), notes)
 
 
 def _below(location, directory):
@@ -580,8 +589,10 @@ def _temporaries(tree):
                               "killed", (tree.where(name),), tree.location))
     if not tree.remote:  # an empty staging directory is listed by no file
         raw = Path(tree.location, "raw")
-        staging |= {p.name for p in raw.iterdir() if STAGING.match(p.name) and p.is_dir()} if raw.is_dir() else set()
-    items += [_dir_item(tree, f"raw/{name}", "staging", "orphaned download staging directory") for name in sorted(staging)]
+        staging |= {p.name for p in raw.iterdir() if STAGING.match(p.name) and p.is_dir() and not p.is_symlink()} \
+            if raw.is_dir() else set()
+    items += [_dir_item(tree, f"raw/{name}", "staging", "orphaned download staging directory")
+              for name in sorted(staging)]
     return items
 
 
@@ -640,6 +651,8 @@ def remove(items):
     and each directory loses its record first, so an interruption leaves nothing that claims a
     missing file (a run cut short is unfinished, and the next gc removes it)."""
     items = list(items)
+    at_work = {item.root for item in items if item.kind in AT_WORK and _held_now(item.root)}
+    items = [item for item in items if not (item.kind in AT_WORK and item.root in at_work)]
     freed = 0
     by_record = {}
     for item in items:
@@ -659,6 +672,12 @@ def remove(items):
         if _remove_item(item):
             freed += item.bytes
     return freed
+
+
+def _held_now(root):
+    """Whether a lock of root is held now (checked again just before removing)."""
+    files = {f".locks/{name}": stored for name, stored in storage.listing(storage.join(root, ".locks")).items()}
+    return any(lock.held for lock in _locks(root, files, time.time()))
 
 
 def _remove_item(item):

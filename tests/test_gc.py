@@ -145,8 +145,9 @@ def test_an_empty_or_missing_root_is_skipped(store):
 
 def test_held_locks_keep_unfinished_runs_and_temporaries_and_stale_locks_go(store):
     marked(store)
-    files = [f"artifacts/synthetic/{RUN}/checkpoints/iter-00000012.h5", f"artifacts/synthetic/{RUN}/gradient_check.json",
-             f"artifacts/synthetic/{RUN}/.model.h5.abcdefgh.tmp", "data/raw/synthetic/.t10k.gz.abcdefgh.tmp"]
+    files = [f"artifacts/synthetic/{RUN}/checkpoints/iter-00000012.h5",
+             f"artifacts/synthetic/{RUN}/gradient_check.json", f"artifacts/synthetic/{RUN}/.model.h5.abcdefgh.tmp",
+             "data/raw/synthetic/.t10k.gz.abcdefgh.tmp"]
     for name in files:
         store.put(name)
     remote = storage.is_remote(store.base)
@@ -183,6 +184,9 @@ def test_held_locks_keep_unfinished_runs_and_temporaries_and_stale_locks_go(stor
         ("artifacts/.locks/TrainNetwork_50_synthetic__0123456789", "lock"),
         (f"artifacts/synthetic/{RUN}", "unfinished-run")]
     assert "1 checkpoint(s)" in next(item for item in items if item.kind == "unfinished-run").reason
+    with storage.Lease(storage.join(store.artifacts, ".locks", "CheckGradient_50_synthetic__9876543210"), "test"):
+        gc.remove(items)  # a pipeline started after the plan: its run may be this one
+    assert set(files[:3]) <= set(store.names())
     gc.remove(items)
     assert [name for name in store.names() if name.startswith("artifacts/")] == (
         ["artifacts/.locks/not-a-lease"] if remote else ["artifacts/.locks/not-a-lease.lock",
