@@ -139,6 +139,8 @@ def test_an_empty_or_missing_root_is_skipped(store):
     found = gc.survey(store.artifacts, store.data)
     assert found.artifacts is None and any("holds nothing" in note for note in found.notes)
     assert [item.kind for item in gc.plan(found, keep_runs=0, checkpoints=True)] == ["temporary"]
+    code, out, err = store.gc("--keep-runs", "-1", "--yes")
+    assert code == 2 and "invalid keep_runs=-1" in err and len(store.names()) == 2
 
 
 # --- locks ---
