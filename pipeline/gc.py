@@ -17,7 +17,9 @@ the pipeline writes there. plan() proposes, remove() removes:
   for (with their row of runs.csv, if any);
 - with keep_runs=N, the finished runs beyond the N most recent by runs.csv's finished_at (over
   all datasets; ties in runs.csv's order): their directory and their row, which is dropped
-  first (runs.drop_runs, index.html rewritten); and a sweep once none of its runs remains;
+  first (runs.drop_runs, index.html rewritten);
+- a sweep directory once none of the runs it compares remains (a sweep one of whose runs
+  remains is kept whole);
 - with checkpoints=True, every checkpoint of a finished run but its last recorded one, and
   their records (lineage/checkpoints/iter-*.json). lineage/TrainNetwork.json is rewritten
   without them first (every other entry as it was, the removal noted under "removed_by_gc"),
