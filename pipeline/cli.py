@@ -91,14 +91,22 @@ def build_parser():
     predict.add_argument("--summary", action="store_true", help="IDX: print only the counts (and accuracy)")
     predict.set_defaults(handler=predict_command)
 
-    gc = commands.add_parser("gc", help="show what runs and datasets take on disk and what could go; "
-                                        "removes only with --yes")
-    gc.add_argument("--artifacts-dir", default="artifacts", help="the runs' root (default: artifacts)")
-    gc.add_argument("--data-dir", default="data", help="the datasets' root (default: data)")
+    gc = commands.add_parser("gc", help="show what runs and datasets take, on a disk or in a bucket, and what could "
+                                        "go; removes only with --yes, and only in roots the pipeline made")
+    gc.add_argument("--artifacts-dir", default="artifacts",
+                    help="the runs' root: a directory or s3://bucket/prefix (default: artifacts)")
+    gc.add_argument("--data-dir", default="data",
+                    help="the datasets' root: a directory or s3://bucket/prefix (default: data)")
     gc.add_argument("--keep-runs", type=int, default=None, metavar="N",
                     help="also remove finished runs older than the N most recent")
     gc.add_argument("--checkpoints", action="store_true",
                     help="also remove finished runs' checkpoints but the last (their reports do not need them)")
+    gc.add_argument("--cache-dir", default=None, metavar="DIR",
+                    help="also clean this worker's cache: downloads not used for --cache-days days, and working "
+                         "copies (run it when no worker uses DIR)")
+    gc.add_argument("--cache-days", type=float, default=7.0, metavar="D",
+                    help="with --cache-dir: remove cached downloads not used for D days; 0 removes them all "
+                         "(default: 7)")
     gc.add_argument("--yes", action="store_true", help="remove what is listed (without it, nothing is removed)")
     gc.set_defaults(handler=gc_command)
 
@@ -450,15 +458,15 @@ def _predict_pictures(network, dataset, paths):
 # --- gc ---
 
 def gc_command(args):
-    from pipeline import gc
+    from pipeline import gc, storage
 
-    print(gc.format_usage(gc.usage(args.artifacts_dir, args.data_dir)))
-    try:
-        items = gc.plan(args.artifacts_dir, args.data_dir, keep_runs=args.keep_runs, checkpoints=args.checkpoints)
-    except ValueError as error:
-        raise ParameterError(str(error)) from None
+    found = gc.survey(storage.parse(args.artifacts_dir, "artifacts_dir"), storage.parse(args.data_dir, "data_dir"),
+                      args.cache_dir)
+    print(gc.format_usage(gc.usage(found)))
+    items = gc.plan(found, keep_runs=args.keep_runs, checkpoints=args.checkpoints,
+                    cache_days=args.cache_days if args.cache_dir is not None else None)
     print()
-    print(gc.format_plan(items) if items else "nothing to remove")
+    print(gc.format_plan(items))
     if items and not args.yes:
         print("\n(a dry run: nothing was removed; add --yes to remove the above)")
     elif items:

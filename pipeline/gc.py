@@ -1,61 +1,96 @@
-"""Disk usage of the data and the runs, and what may be removed without losing a result.
+"""What the data and the runs take, and what may be removed without losing a result, on a
+disk and in a bucket alike.
 
-    items = plan("artifacts", "data", keep_runs=5, checkpoints=True)
+    found = survey("s3://bucket/artifacts", "s3://bucket/data", cache_dir="cache")
+    print(format_usage(usage(found)))
+    items = plan(found, keep_runs=5, checkpoints=True)
     print(format_plan(items)); remove(items)
 
-plan() proposes, and remove() removes:
-- orphaned temporaries (`.<name>.<random>.tmp`, left by a killed atomic write) anywhere under
-  both roots, and download staging directories (`data/raw/.<dataset>.<random>.partial`);
+gc acts only in roots the pipeline made (they hold storage.MARKER; a root with anything else
+in it is refused with a ParameterError, an empty or missing one is skipped) and only on names
+the pipeline writes there. plan() proposes, remove() removes:
+- temporaries of killed writes (`.<name>.<8 random>.tmp`, as atomic_path makes them) in the
+  pipeline's own directories (raw/<dataset>, processed/<dataset>, run and sweep directories
+  and their subdirectories, the root's own files) and download staging directories
+  (raw/.<dataset>.<8 random>.partial);
 - unfinished or failed runs: run directories that lineage/EvaluateNetwork.json does not vouch
-  for (a killed training's checkpoints are lost with them);
+  for (with their row of runs.csv, if any);
 - with keep_runs=N, the finished runs beyond the N most recent by runs.csv's finished_at (over
-  all datasets): their directory and their row of runs.csv, which is rewritten with index.html
-  under runs.csv's lock; and a sweep once none of the runs it compares remains;
-- with checkpoints=True, every checkpoint of a finished run but its last one. model.h5 holds
-  the final weights and every epoch's figures, so the report needs none of them; the last is
-  kept because `mnist-pipeline inspect <run>` lists a run by its checkpoints. Before the files
-  go, lineage/TrainNetwork.json is rewritten without them (its other entries and digests
-  unchanged, the removal noted under "removed_by_gc"), so TrainNetwork stays complete and
-  nothing reruns.
+  all datasets; ties in runs.csv's order): their directory and their row, which is dropped
+  first (runs.drop_runs, index.html rewritten);
+- a sweep directory once none of the runs it compares remains (a sweep one of whose runs
+  remains is kept whole);
+- with checkpoints=True, every checkpoint of a finished run but its last recorded one, and
+  their records (lineage/checkpoints/iter-*.json). lineage/TrainNetwork.json is rewritten
+  without them first (every other entry as it was, the removal noted under "removed_by_gc"),
+  so nothing reruns; model.h5 holds the weights and every epoch's figures;
+- multipart uploads under a bucket root never completed and started over `min_age` ago;
+- stale locks in <root>/.locks: a lease object whose expiry passed more than its ttl ago, a
+  local lease file no process holds (removed under the lock, as Lease.release does). The
+  `*.lock` files of exclusive_lock (runs.csv's) are kept: removing them is not safe;
+- with a cache_dir (a worker's, local): objects/<sha256>/<name> not used (fetched or reused)
+  for cache_days days (0: all of them), and the data-*/artifacts-* working copies in which
+  nothing changed for min_age seconds. Run it when no worker uses that cache_dir.
 
-Never proposed: raw or processed data, a finished run's model.h5, report or lineage, a sweep
-any of whose runs remains, finished runs missing from runs.csv (they cannot be ranked).
-A pipeline at work holds its task's lock: while any lock in artifacts/.locks is held, unfinished
-runs and temporaries under artifacts/ are left alone (they may be the live task's), and so are
-finished runs whose own task locks are held, and old runs while a Sweep runs; likewise
-data/.locks for temporaries and staging directories under data/. The notes of the plan say
-what was left and why. This is a check when planning, not a lock held until remove().
+Held locks: a local lock file some process holds (flock), a lease object whose expiry lies
+ahead. While any lock of a root is held a pipeline is at work there: its unfinished runs,
+temporaries and staging directories are kept. Finished runs whose own task locks are held
+(named by task id from their runs.csv row, see run_task_ids) are kept as they are, and no old
+run or sweep goes while a Sweep's lock is held. The notes of the plan say what was kept and why.
+Checks happen when planning; nothing is locked until remove().
 """
 
-import csv
+import bisect
 import datetime
 import fcntl
-import io
+import hashlib
 import json
 import os
 import re
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import checkpoint, lineage, pages, runs
-from pipeline.atomic import exclusive_lock, write_atomically
+from pipeline import lineage, runs, storage
+from pipeline.errors import ParameterError
 
-TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
-STAGING = re.compile(r"^\..+\.[A-Za-z0-9_]+\.partial$")
-RUN_NAME = re.compile(r"^h\d+-b\d+-lr\S+-s\d+(-\d{4}-\d{2}-\d{2})?-[0-9a-f]{8}$")
+HOUR = 3600.0
+DAY = 86400.0
+_RANDOM = r"[a-z0-9_]{8}"  # tempfile's names: 8 of these characters
+DATASET = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+TEMPORARY = re.compile(rf"^\.(?P<name>.+)\.{_RANDOM}\.tmp$")
+STAGING = re.compile(rf"^\.(?P<dataset>[a-z0-9][a-z0-9_-]{{0,63}})\.{_RANDOM}\.partial$")
+RUN_NAME = re.compile(r"^h\d+-b\d+-lr[0-9.e+-]+-s\d+(-\d{4}-\d{2}-\d{2})?-[0-9a-f]{8}$")
+SWEEP_NAME = re.compile(r"^sweep-[0-9a-f]{8}$")
+CHECKPOINT = re.compile(r"^iter-(\d+)\.h5$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+WORKING_COPY = re.compile(r"^(data|artifacts)-[0-9a-f]{12}$")
+LOCK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")  # task ids, index.html, runs.csv.lock
+ROOT_FILES = (storage.MARKER, "runs.csv", "index.html")
 RUN_TASKS = ("CheckGradient", "TrainNetwork", "EvaluateNetwork")
+AT_WORK = ("unfinished-run", "temporary", "staging")  # kept while a lock of their root is held
+FIRST_RECORDS = ("lineage/EvaluateNetwork.json", "lineage/Sweep.json")  # removed first: no record outlives its files
 
 
 @dataclass(frozen=True)
 class Item:
-    """One thing plan() proposes to remove: a file or a directory, its size in bytes, its kind
-    (temporary, staging, unfinished-run, old-run, sweep, checkpoint) and why it may go."""
+    """One thing plan() proposes to remove: a file, a directory or an upload at `location`, its
+    bytes, its kind (temporary, staging, unfinished-run, old-run, sweep, checkpoint, upload,
+    lock, cached-object, working-copy) and why it may go. objects: the files (locations) it is
+    made of; the other fields serve remove()."""
 
-    path: Path
+    location: str
     bytes: int
     kind: str
     reason: str
+    objects: tuple = ()
+    root: str = ""
+    run_id: str = ""
+    record: str = ""
+    label: str = ""
+    upload: tuple = ()
 
 
 class Plan(list):
@@ -68,36 +103,208 @@ class Plan(list):
 
 @dataclass(frozen=True)
 class UsageRow:
-    """Bytes under one path: kind is data, run, sweeps, other or total; state says more
-    (finished, unfinished) where it applies."""
+    """Bytes under one location: kind is data, run, sweeps, cache, other or total; state says
+    more (finished, unfinished) where it applies."""
 
     kind: str
     dataset: str
     name: str
-    path: Path
+    location: str
     bytes: int
     state: str = ""
 
 
-# --- sizes ---
+# --- what is there ---
 
-def size_of(path):
-    """Bytes of a file, or of every file under a directory (symbolic links not followed); 0 when gone."""
-    path = Path(path)
-    try:
-        if not path.is_dir() or path.is_symlink():
-            return path.lstat().st_size
-    except OSError:
-        return 0
-    total = 0
-    for root, dirs, files in os.walk(path):
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+class Tree:
+    """Every file under a root, read once: {name: Stored} (`/`-separated names; on a disk
+    temporaries and symbolic links included, with their own size), its locks and whether
+    they are held."""
+
+    def __init__(self, location, now):
+        self.location = storage.parse(location)
+        self.remote = storage.is_remote(self.location)
+        self.files = _local_files(self.location) if not self.remote else storage.listing(self.location)
+        self._names = sorted(self.files)
+        self.listed = {self.where(name): stored for name, stored in self.files.items()} if self.remote else None
+        self.locks = _locks(self.location, self.files, now)
+        self.held = sorted(lock.name for lock in self.locks if lock.held)
+
+    def where(self, name):
+        return storage.join(self.location, name)
+
+    def under(self, prefix):
+        """{name: Stored} of the files below prefix/ (a range of the sorted names)."""
+        prefix = prefix.rstrip("/") + "/"
+        start = bisect.bisect_left(self._names, prefix)
+        end = bisect.bisect_left(self._names, prefix[:-1] + chr(ord("/") + 1), start)
+        return {name: self.files[name] for name in self._names[start:end]}
+
+    def size(self, prefix):
+        return sum(stored.size for stored in self.under(prefix).values())
+
+
+def _local_files(root):
+    found = {}
+    for directory, dirs, files in os.walk(root):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(directory, d))]:
+            path = os.path.join(directory, name)
             try:
-                total += os.lstat(os.path.join(root, name)).st_size
+                found[Path(path).relative_to(root).as_posix()] = storage.Stored(os.lstat(path).st_size)
             except OSError:
-                pass
-    return total
+                pass  # gone meanwhile
+    return dict(sorted(found.items()))
 
+
+@dataclass(frozen=True)
+class Lock:
+    name: str
+    location: str
+    held: bool
+    stale: bool
+    bytes: int
+    why: str = ""
+
+
+def _locks(root, files, now):
+    """The Locks in root/.locks/ (direct children only), of files ({name: Stored} under root)."""
+    found = []
+    for name, stored in files.items():
+        parts = name.split("/")
+        if len(parts) != 2 or parts[0] != ".locks" or not LOCK_NAME.match(parts[1]):
+            continue
+        location = storage.join(root, name)
+        if not storage.is_remote(root):
+            held = _held_locally(location)
+            stale = not held and not parts[1].endswith(".lock")
+            found.append(Lock(parts[1], location, held, stale, stored.size, "a lock file no process holds"))
+            continue
+        expires, ttl = _lease_expiry(location)
+        if expires is None:  # not a lease body: Lease counts it as expired; gc leaves it alone
+            found.append(Lock(parts[1], location, False, False, stored.size))
+        else:
+            stale = expires + ttl < now
+            why = f"a lease that expired at {_utc(expires)} and was not renewed"
+            found.append(Lock(parts[1], location, expires >= now, stale, stored.size, why))
+    return found
+
+
+def _held_locally(path):
+    """Whether some process holds the flock of this file (unknown counts as held)."""
+    try:
+        with open(path, "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
+def _lease_expiry(location):
+    """(expires, ttl_seconds) of a lease object's body ({owner, token, expires, ttl_seconds}),
+    or (None, None) when it is not one."""
+    try:
+        body = json.loads(storage.read_bytes(location))
+        expires, ttl = float(body["expires"]), float(body.get("ttl_seconds") or 60.0)
+        if not ({"owner", "token"} <= set(body) and expires == expires and abs(expires) != float("inf")):
+            raise ValueError(location)
+    except FileNotFoundError:
+        return None, None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None, None
+    return expires, max(ttl, 0.0)
+
+
+def _utc(seconds):
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_task_ids(row):
+    """Luigi task ids of a run's CheckGradient, TrainNetwork and EvaluateNetwork (which name
+    their locks), from its row of runs.csv: the run's significant parameters serialized as
+    luigi does (whole numbers, floats, the date or ''), named as luigi.task.task_id_str names
+    them (a test holds the two together)."""
+    params = {"dataset": row["dataset"], "dtype": row["dtype"], "sampling": row["sampling"],
+              "date": row.get("date") or ""}
+    params.update({key: str(int(row[key])) for key in ("hidden_size", "batch_size", "iterations", "seed")})
+    params.update({key: str(float(row[key])) for key in ("learning_rate", "weight_init_std")})
+    digest = hashlib.md5(json.dumps(params, separators=(",", ":"), sort_keys=True).encode()).hexdigest()[:10]
+    summary = re.sub(r"[^A-Za-z0-9_]", "_", "_".join(params[key][:16] for key in sorted(params)[:3]))
+    return [f"{family}_{summary}_{digest}" for family in RUN_TASKS]
+
+
+@dataclass
+class Run:
+    dataset: str
+    run_id: str
+    finished: bool
+    why: str  # why it is not finished
+
+
+class Survey:
+    """What is under the roots (and in a cache_dir), read once for usage() and plan()."""
+
+    def __init__(self, artifacts_dir, data_dir, cache_dir=None, now=None):
+        self.now = time.time() if now is None else now
+        self.notes = []
+        self.artifacts = self._root(artifacts_dir, "artifacts_dir")
+        self.data = self._root(data_dir, "data_dir")
+        self.cache = None if cache_dir is None else _local_cache(cache_dir)
+        self.runs = []
+        if self.artifacts is not None:
+            run_ids = sorted({tuple(name.split("/")[:2]) for name in self.artifacts.files
+                              if name.count("/") >= 2 and DATASET.match(name.split("/")[0])
+                              and RUN_NAME.match(name.split("/")[1])})
+            for dataset, run_id in run_ids:
+                why = _vouches(self.artifacts, f"{dataset}/{run_id}/lineage/EvaluateNetwork.json")
+                self.runs.append(Run(dataset, run_id, why is None, why or ""))
+
+    def _root(self, location, what):
+        location = storage.parse(location, what)
+        tree = Tree(location, self.now)
+        if not tree.files:
+            self.notes.append(f"{location} holds nothing")
+            return None
+        if storage.MARKER not in tree.files:
+            raise ParameterError(f"{location} has no {storage.MARKER} marker: gc acts only in roots the pipeline "
+                                 f"made; give the {what} the pipeline writes to (one it made before markers "
+                                 f"existed: create {storage.MARKER} in it first)")
+        return tree
+
+
+def survey(artifacts_dir, data_dir, cache_dir=None, *, now=None):
+    """A Survey of both roots (locations) and of cache_dir; ParameterError for a root that holds
+    files but not storage.MARKER."""
+    return Survey(artifacts_dir, data_dir, cache_dir, now)
+
+
+def _vouches(tree, record_name):
+    """None when the record at record_name vouches for its outputs as they are in tree; else why not."""
+    if record_name not in tree.files:
+        return "no record"
+    location = tree.where(record_name)
+    record = lineage.read_record(location)
+    if record is None:
+        return "its record is unreadable"
+    for output, entry in lineage.files(location, record).values():
+        found = lineage.mismatch(output, entry, tree.listed)
+        if found:
+            return f"{found}: {output}"
+    return None
+
+
+def _local_cache(cache_dir):
+    if storage.is_remote(cache_dir):
+        raise ParameterError(f"invalid cache_dir {cache_dir!r}: a worker's cache is a local directory")
+    return Path(cache_dir)
+
+
+# --- sizes ---
 
 def human_size(n):
     """`512 B`, `3.4 kB`, `1.2 MB`, `5.0 GB` (powers of 1000)."""
@@ -109,322 +316,441 @@ def human_size(n):
             return f"{n:.1f} {unit}"
 
 
-# --- what is there ---
-
-def _datasets(artifacts_dir):
-    root = Path(artifacts_dir)
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
-
-
-def run_directories(artifacts_dir):
-    """Every artifacts/<dataset>/<run_id>/ whose name is a run name, in name order."""
-    return [run for dataset in _datasets(artifacts_dir) for run in sorted(dataset.iterdir())
-            if run.is_dir() and RUN_NAME.match(run.name)]
-
-
-def is_finished(run_dir):
-    """True when lineage/EvaluateNetwork.json vouches for the run's report."""
-    return lineage.problem(Path(run_dir) / "lineage" / "EvaluateNetwork.json", inputs=None) is None
+def _disk_bytes(path):
+    """Bytes of the files under path, each inode once (working copies hard-link the cache)."""
+    seen, total = set(), 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(directory, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
 
 
-def held_locks(locks_dir):
-    """Names of the lock files in locks_dir that some process holds now."""
-    held = set()
-    locks_dir = Path(locks_dir)
-    for path in sorted(locks_dir.glob("*.lock")) if locks_dir.is_dir() else []:
-        try:
-            with open(path) as handle:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    held.add(path.name)
-                else:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
-        except OSError:
-            held.add(path.name)  # cannot tell: count it as held
-    return held
-
-
-def usage(artifacts_dir, data_dir):
-    """[UsageRow]: each dataset's data (raw and processed), each run directory, each dataset's
-    sweeps, what else lies under the two roots, then totals for data, artifacts and both."""
-    artifacts_dir, data_dir = Path(artifacts_dir), Path(data_dir)
-    rows = []
-    names = sorted({p.name for part in ("raw", "processed") if (data_dir / part).is_dir()
-                    for p in (data_dir / part).iterdir() if p.is_dir() and not p.name.startswith(".")})
-    counted = 0
-    for name in names:
-        size = size_of(data_dir / "raw" / name) + size_of(data_dir / "processed" / name)
-        counted += size
-        rows.append(UsageRow("data", name, "raw + processed", data_dir, size))
-    data_total = size_of(data_dir)
-    if data_total > counted:
-        rows.append(UsageRow("other", "", "locks, staging, temporaries", data_dir, data_total - counted))
-    counted = 0
-    for run in run_directories(artifacts_dir):
-        size = size_of(run)
-        counted += size
-        rows.append(UsageRow("run", run.parent.name, run.name, run, size,
-                             "finished" if is_finished(run) else "unfinished"))
-    for dataset in _datasets(artifacts_dir):
-        if (dataset / "sweeps").is_dir():
-            size = size_of(dataset / "sweeps")
+def usage(found):
+    """[UsageRow] of a Survey: each dataset's data (raw and processed), each run, each dataset's
+    sweeps, the rest of each root, the cache, then totals."""
+    rows, totals = [], {}
+    data, artifacts = found.data, found.artifacts
+    if data is not None:
+        datasets = sorted({name.split("/")[1] for name in data.files
+                           if name.split("/")[0] in ("raw", "processed") and name.count("/") >= 2
+                           and DATASET.match(name.split("/")[1])})
+        counted = 0
+        for dataset in datasets:
+            size = data.size(f"raw/{dataset}") + data.size(f"processed/{dataset}")
             counted += size
-            count = sum(1 for p in (dataset / "sweeps").iterdir() if p.is_dir())
-            rows.append(UsageRow("sweeps", dataset.name, f"{count} sweeps", dataset / "sweeps", size))
-    artifacts_total = size_of(artifacts_dir)
-    if artifacts_total > counted:
-        rows.append(UsageRow("other", "", "runs.csv, index.html, locks, ...", artifacts_dir,
-                             artifacts_total - counted))
-    rows += [UsageRow("total", "", "data", data_dir, data_total),
-             UsageRow("total", "", "artifacts", artifacts_dir, artifacts_total),
-             UsageRow("total", "", "all", Path(), data_total + artifacts_total)]
+            rows.append(UsageRow("data", dataset, "raw + processed", data.location, size))
+        totals["data"] = sum(stored.size for stored in data.files.values())
+        if totals["data"] > counted:
+            rows.append(UsageRow("other", "", "locks, staging, temporaries, ...", data.location,
+                                 totals["data"] - counted))
+    if artifacts is not None:
+        counted = 0
+        for run in found.runs:
+            size = artifacts.size(f"{run.dataset}/{run.run_id}")
+            counted += size
+            rows.append(UsageRow("run", run.dataset, run.run_id, artifacts.where(f"{run.dataset}/{run.run_id}"),
+                                 size, "finished" if run.finished else "unfinished"))
+        for dataset, sweeps in sorted(_sweeps(artifacts).items()):
+            size = sum(artifacts.size(f"{dataset}/sweeps/{sweep}") for sweep in sweeps)
+            counted += size
+            rows.append(UsageRow("sweeps", dataset, f"{len(sweeps)} sweeps", artifacts.where(f"{dataset}/sweeps"),
+                                 size))
+        totals["artifacts"] = sum(stored.size for stored in artifacts.files.values())
+        if totals["artifacts"] > counted:
+            rows.append(UsageRow("other", "", "runs.csv, index.html, locks, ...", artifacts.location,
+                                 totals["artifacts"] - counted))
+    if found.cache is not None and found.cache.is_dir():
+        objects = found.cache / "objects"
+        cached = [p for p in objects.glob("*/*") if SHA256.match(p.parent.name) and p.is_file()] \
+            if objects.is_dir() else []
+        rows.append(UsageRow("cache", "", f"{len(cached)} objects", str(objects),
+                             sum(p.lstat().st_size for p in cached)))
+        for copy in sorted(p for p in found.cache.iterdir() if WORKING_COPY.match(p.name) and p.is_dir()):
+            rows.append(UsageRow("cache", "", "working copy", str(copy), _disk_bytes(copy)))
+        totals["cache"] = _disk_bytes(found.cache)
+    for name, size in totals.items():
+        location = {"data": data, "artifacts": artifacts}.get(name)
+        rows.append(UsageRow("total", "", name, location.location if location else str(found.cache), size))
+    rows.append(UsageRow("total", "", "all", "", sum(totals.values())))
     return rows
+
+
+def _sweeps(tree):
+    """{dataset: [sweep ids]} of the sweep directories in an artifacts tree."""
+    found = {}
+    for name in tree.files:
+        parts = name.split("/")
+        if len(parts) >= 4 and DATASET.match(parts[0]) and parts[1] == "sweeps" and SWEEP_NAME.match(parts[2]):
+            found.setdefault(parts[0], set()).add(parts[2])
+    return {dataset: sorted(sweeps) for dataset, sweeps in found.items()}
 
 
 # --- the plan ---
 
-def plan(artifacts_dir, data_dir, keep_runs=None, checkpoints=False):
-    """A Plan (a list of Item) of what may be removed; it only reads.
+def plan(found, keep_runs=None, checkpoints=False, *, cache_days=None, min_age=HOUR):
+    """A Plan (a list of Item) of what may be removed from a Survey; it only reads.
     keep_runs=N also proposes the finished runs beyond the N most recent; checkpoints=True the
-    checkpoints of finished runs but the last. See the module's docstring for the rules."""
+    checkpoints of finished runs but the last; cache_days=D (with the survey's cache_dir) the
+    cached objects not used for D days. min_age: seconds an upload or a working copy must have
+    been left alone. See the module's docstring for the rules."""
     if keep_runs is not None and (isinstance(keep_runs, bool) or not isinstance(keep_runs, int) or keep_runs < 0):
-        raise ValueError(f"invalid keep_runs={keep_runs!r}: must be a whole number >= 0")
-    artifacts_dir, data_dir = Path(artifacts_dir), Path(data_dir)
-    items, notes = [], []
-    held_artifacts = held_locks(artifacts_dir / ".locks")
-    held_data = held_locks(data_dir / ".locks")
-    if held_artifacts:
-        notes.append(f"{len(held_artifacts)} lock(s) in {artifacts_dir / '.locks'} are held "
-                     f"({', '.join(sorted(held_artifacts))}): a pipeline is at work, so unfinished runs and "
-                     f"temporaries under {artifacts_dir} are kept")
-    if held_data:
-        notes.append(f"{len(held_data)} lock(s) in {data_dir / '.locks'} are held: temporaries and staging "
-                     f"directories under {data_dir} are kept")
-
-    all_runs = run_directories(artifacts_dir)
-    finished = {run for run in all_runs if is_finished(run)}
-    going = set()  # run directories proposed for removal
-    for run in all_runs:
-        if run in finished:
+        raise ParameterError(f"invalid keep_runs={keep_runs!r}: must be a whole number >= 0")
+    if cache_days is not None and not (isinstance(cache_days, (int, float)) and cache_days >= 0):
+        raise ParameterError(f"invalid cache_days={cache_days!r}: must be a number of days >= 0")
+    items, notes = [], list(found.notes)
+    artifacts, data = found.artifacts, found.data
+    for tree in (artifacts, data):
+        if tree is not None and tree.held:
+            notes.append(f"{len(tree.held)} lock(s) in {tree.where('.locks')} are held ({', '.join(tree.held)}): "
+                         f"a pipeline is at work, so unfinished runs, temporaries and staging directories under "
+                         f"{tree.location} are kept")
+    if artifacts is not None:
+        items += _run_items(found, artifacts, keep_runs, checkpoints, notes)
+    for tree in (data, artifacts):
+        if tree is None:
             continue
-        if held_artifacts:
-            continue
-        record = lineage.problem(run / "lineage" / "EvaluateNetwork.json", inputs=None)
-        lost = len(list((run / "checkpoints").glob("iter-*.h5")))
-        failed = " (gradient check failed)" if (run / "gradient_check.failed.json").exists() else ""
-        items.append(Item(run, size_of(run), "unfinished-run",
-                          f"unfinished{failed}: no report to trust (EvaluateNetwork record {record})"
-                          + (f"; {lost} checkpoint(s) of its training go with it" if lost else "")))
-        going.add(run)
+        going = [item.location for item in items]
+        if not tree.held:
+            items += [item for item in _temporaries(tree) if not any(_below(item.location, g) for g in going)]
+        items += _uploads(tree, found.now, min_age)
+        items += [Item(lock.location, lock.bytes, "lock", f"stale: {lock.why}", (lock.location,), tree.location)
+                  for lock in tree.locks if lock.stale]
+    if found.cache is not None and cache_days is not None:
+        items += _cache_items(found.cache, found.now, cache_days, min_age)
+    unique = {}
+    for item in items:  # one root given as both data_dir and artifacts_dir
+        unique.setdefault((item.location, item.kind), item)
+    return Plan(unique.values(), notes)
 
-    busy = _busy_runs(finished, held_artifacts, notes)
+
+def _below(location, directory):
+    return location == directory or location.startswith(directory.rstrip("/") + "/")
+
+
+def _dir_item(tree, prefix, kind, reason, **fields):
+    names = sorted(tree.under(prefix), key=lambda name: (name[len(prefix) + 1:] not in FIRST_RECORDS, name))
+    return Item(tree.where(prefix), tree.size(prefix), kind, reason, tuple(tree.where(n) for n in names),
+                tree.location, **fields)
+
+
+def _run_items(found, tree, keep_runs, checkpoints, notes):
+    items, going = [], set()
+    rows = {row["run_id"]: (row["finished_at"], index, row) for index, row in enumerate(runs.read_runs(tree.location))}
+    for run in found.runs:
+        if run.finished or tree.held:
+            continue
+        prefix = f"{run.dataset}/{run.run_id}"
+        lost = sum(1 for name in tree.under(f"{prefix}/checkpoints") if CHECKPOINT.match(name.rsplit("/", 1)[1]))
+        failed = " (gradient check failed)" if f"{prefix}/gradient_check.failed.json" in tree.files else ""
+        items.append(_dir_item(tree, prefix, "unfinished-run",
+                               f"unfinished{failed}: no report to trust ({run.why})"
+                               + (f"; {lost} checkpoint(s) of its training go with it" if lost else ""),
+                               run_id=run.run_id))
+        going.add(run.run_id)
+
+    finished = [run for run in found.runs if run.finished]
+    busy = _busy(finished, rows, tree.held, notes)
+    sweeping = [name for name in tree.held if name.startswith("Sweep_")]
     if keep_runs is not None:
-        items += _old_runs(artifacts_dir, finished, keep_runs, busy, held_artifacts, notes, going)
-    items += _orphaned_sweeps(artifacts_dir, going)
+        ranked = sorted((run for run in finished if run.run_id in rows), key=lambda run: rows[run.run_id][:2],
+                        reverse=True)
+        for run in finished:
+            if run.run_id not in rows:
+                notes.append(f"{tree.where(run.dataset + '/' + run.run_id)}: finished but not in runs.csv, so it "
+                             f"cannot be ranked; kept")
+        if sweeping and ranked[keep_runs:]:
+            notes.append(f"a Sweep is running ({', '.join(sweeping)}) and may read any report: no old run is removed")
+        else:
+            for rank, run in enumerate(ranked[keep_runs:], keep_runs + 1):
+                if run.run_id in busy:
+                    continue
+                items.append(_dir_item(tree, f"{run.dataset}/{run.run_id}", "old-run",
+                                       f"finished {rows[run.run_id][0]}, the {_ordinal(rank)} most recent of "
+                                       f"{len(ranked)} (keeping {keep_runs}); its row of runs.csv goes too",
+                                       run_id=run.run_id))
+                going.add(run.run_id)
+    if not sweeping:
+        items += _orphaned_sweeps(tree, {run.run_id for run in found.runs} - going)
     if checkpoints:
-        for run in sorted(finished - going - busy):
-            items += _spare_checkpoints(run)
-
-    removed_dirs = [item.path for item in items if item.path.is_dir()]
-    for root, held, kind in ((data_dir, held_data, "data"), (artifacts_dir, held_artifacts, "artifacts")):
-        if held:
-            continue
-        for path in _temporaries(root):
-            if not any(parent in removed_dirs for parent in path.parents):
-                what = "download staging directory" if path.is_dir() else "temporary of a write that was killed"
-                items.append(Item(path, size_of(path), "staging" if path.is_dir() else "temporary",
-                                  f"orphaned {what}"))
-    return Plan(items, notes)
+        for run in finished:
+            if run.run_id not in going and run.run_id not in busy:
+                items += _spare_checkpoints(tree, f"{run.dataset}/{run.run_id}")
+    return items
 
 
-def _busy_runs(finished, held, notes):
-    """Finished runs whose own task locks are held (a task of theirs runs again)."""
+def _busy(finished, rows, held, notes):
+    """Run ids of finished runs a held lock may belong to: their own task locks, or any held
+    lock when the run has no row to name its tasks by."""
     if not held:
         return set()
     busy = set()
     for run in finished:
         try:
-            names = {f"{task_id}.lock" for task_id in run_task_ids(run)}
-        except Exception:  # noqa: BLE001 - cannot tell which locks are its own: leave it alone
-            names = held
-        if names & held:
-            busy.add(run)
-            notes.append(f"{run}: a task of this run holds its lock; kept as it is")
+            mine = set(run_task_ids(rows[run.run_id][2])) & set(held)
+        except (KeyError, ValueError, TypeError):
+            mine = set(held)  # cannot name its locks: keep it
+        if mine:
+            busy.add(run.run_id)
+            notes.append(f"{run.run_id}: a task of this run may hold a lock ({', '.join(sorted(mine))}); kept as it is")
     return busy
-
-
-def run_task_ids(run_dir):
-    """Luigi task ids of the run's CheckGradient, TrainNetwork and EvaluateNetwork (which name
-    their lock files), from the hyperparameters in its report."""
-    from pipeline import tasks  # luigi only where it is needed
-
-    params = json.loads((Path(run_dir) / "report" / "report.json").read_text())["hyperparameters"]
-    return [getattr(tasks, name)(**params).task_id for name in RUN_TASKS]
-
-
-def _old_runs(artifacts_dir, finished, keep_runs, busy, held, notes, going):
-    rows = runs.read_runs(artifacts_dir / "runs.csv")
-    by_path = {artifacts_dir / row.get("dataset", "") / row.get("run_id", ""): (row.get("finished_at", ""), i)
-               for i, row in enumerate(rows)}
-    ranked = sorted((run for run in finished if run in by_path), key=lambda run: by_path[run], reverse=True)
-    unranked = sorted(run for run in finished if run not in by_path)
-    for run in unranked:
-        notes.append(f"{run}: finished but not in runs.csv, so it cannot be ranked; kept")
-    sweeping = sorted(name for name in held if name.startswith("Sweep_"))
-    if sweeping and ranked[keep_runs:]:
-        notes.append(f"a Sweep is running ({', '.join(sweeping)}) and may read any report: no old run is removed")
-        return []
-    items = []
-    for rank, run in enumerate(ranked[keep_runs:], keep_runs + 1):
-        if run in busy:
-            continue
-        items.append(Item(run, size_of(run), "old-run",
-                          f"finished {by_path[run][0]}, the {_ordinal(rank)} most recent of {len(ranked)} "
-                          f"(keeping {keep_runs}); its row of runs.csv goes too"))
-        going.add(run)
-    return items
 
 
 def _ordinal(n):
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
-def _orphaned_sweeps(artifacts_dir, going):
+def _orphaned_sweeps(tree, remaining):
     items = []
-    for dataset in _datasets(artifacts_dir):
-        sweeps = dataset / "sweeps"
-        for sweep in sorted(p for p in sweeps.iterdir() if p.is_dir()) if sweeps.is_dir() else []:
-            run_ids = sweep_run_ids(sweep)
-            if not run_ids:
-                continue  # cannot tell which runs it compares: keep it
-            remaining = [r for r in run_ids if (dataset / r).exists() and dataset / r not in going]
-            if not remaining and any(dataset / r in going for r in run_ids):
-                items.append(Item(sweep, size_of(sweep), "sweep",
-                                  f"compares {len(run_ids)} runs, none of which remains"))
+    for dataset, sweeps in sorted(_sweeps(tree).items()):
+        for sweep in sweeps:
+            run_ids = sweep_run_ids(tree, f"{dataset}/sweeps/{sweep}")
+            if run_ids and not set(run_ids) & remaining:
+                items.append(_dir_item(tree, f"{dataset}/sweeps/{sweep}", "sweep",
+                                       f"compares {len(run_ids)} runs, none of which remains"))
     return items
 
 
-def sweep_run_ids(sweep_dir):
-    """The run ids a sweep compares: its lineage record's inputs, else summary.csv's run_id column."""
-    record = lineage.read_record(Path(sweep_dir) / "lineage" / "Sweep.json")
+def sweep_run_ids(tree, prefix):
+    """The run ids a sweep compares: its lineage record's inputs, else summary.csv's run_id
+    column; [] when neither tells (the sweep is then kept)."""
+    import csv
+    import io
+
+    record = lineage.read_record(tree.where(f"{prefix}/lineage/Sweep.json"))
     if record and record["inputs"]:
         return sorted(record["inputs"])
     try:
-        with open(Path(sweep_dir) / "summary.csv", newline="") as f:
-            return sorted(row["run_id"] for row in csv.DictReader(f) if row.get("run_id"))
-    except (OSError, KeyError, csv.Error):
+        text = storage.read_bytes(tree.where(f"{prefix}/summary.csv")).decode("utf-8")
+        return sorted(row["run_id"] for row in csv.DictReader(io.StringIO(text)) if row.get("run_id"))
+    except (OSError, KeyError, csv.Error, UnicodeDecodeError):
         return []
 
 
-def _spare_checkpoints(run):
-    """Items for the recorded checkpoints of a finished run but its last, when TrainNetwork's
-    record still vouches for them (a stale record means TrainNetwork would rerun anyway)."""
-    record = run / "lineage" / "TrainNetwork.json"
-    if lineage.problem(record, inputs=None) is not None:
+def _spare_checkpoints(tree, run):
+    """Items for a finished run's checkpoints (and their records) but its last recorded one,
+    when TrainNetwork's record still vouches for its outputs (else TrainNetwork reruns anyway)."""
+    record_name = f"{run}/lineage/TrainNetwork.json"
+    if _vouches(tree, record_name) is not None:
         return []
-    outputs = {label: run / label for label in lineage.recorded_outputs(record)}  # labels are paths in the run
-    numbered = sorted((checkpoint.iteration_of(label), label) for label in outputs
-                      if label.startswith("checkpoints/") and checkpoint.iteration_of(label) is not None)
-    if len(numbered) < 2:
+    record_location = tree.where(record_name)
+    recorded = {}
+    for label, (location, _) in lineage.files(record_location, lineage.read_record(record_location)).items():
+        match = CHECKPOINT.match(label.rsplit("/", 1)[-1])
+        here = storage.relative(location, tree.location) == f"{run}/{label}"
+        if match and label.startswith("checkpoints/") and here:
+            recorded[label.rsplit("/", 1)[-1]] = (int(match.group(1)), label)
+    if not recorded:
         return []
-    last = outputs[numbered[-1][1]].name
-    return [Item(outputs[label], size_of(outputs[label]), "checkpoint",
-                 f"finished run: model.h5 has its weights and figures; {last} stays, "
-                 f"lineage/TrainNetwork.json is rewritten")
-            for _, label in numbered[:-1]]
+    last = max(recorded.values())[1].rsplit("/", 1)[-1]
+    present = {name.rsplit("/", 1)[-1] for name in tree.under(f"{run}/checkpoints")
+               if CHECKPOINT.match(name.rsplit("/", 1)[-1])}
+    present |= {name.rsplit("/", 1)[-1][:-len(".json")] + ".h5" for name in tree.under(f"{run}/lineage/checkpoints")
+                if name.endswith(".json") and CHECKPOINT.match(name.rsplit("/", 1)[-1][:-len(".json")] + ".h5")}
+    items = []
+    for name in sorted(present - {last}):
+        names = [n for n in (f"{run}/checkpoints/{name}", f"{run}/lineage/checkpoints/{name[:-3]}.json")
+                 if n in tree.files]
+        why = "recorded by lineage/TrainNetwork.json, which is rewritten without it" if name in recorded else \
+            "not recorded by lineage/TrainNetwork.json"
+        items.append(Item(tree.where(names[0]), sum(tree.files[n].size for n in names), "checkpoint",
+                          f"finished run, {last} stays (model.h5 has its weights and figures); {why}",
+                          tuple(tree.where(n) for n in names), tree.location,
+                          record=record_location if name in recorded else "",
+                          label=recorded[name][1] if name in recorded else ""))
+    return items
 
 
-def _temporaries(root):
-    """Temporary files anywhere under root, and staging directories under root/raw."""
-    found = []
-    for directory, dirs, files in os.walk(root):
-        here = Path(directory)
-        found += [here / name for name in files if TEMPORARY.match(name)]
-        staging = [name for name in dirs if STAGING.match(name) and here.name == "raw"]
-        found += [here / name for name in staging]
-        dirs[:] = [name for name in dirs if name not in staging]
-    return sorted(found)
+def _pipeline_directory(tree, directory):
+    """Whether the pipeline writes files into this directory (a `/`-separated name, "" for the root)."""
+    parts = directory.split("/") if directory else []
+    if len(parts) >= 2 and parts[0] in ("raw", "processed") and DATASET.match(parts[1]):
+        return True
+    if len(parts) >= 2 and DATASET.match(parts[0]) and RUN_NAME.match(parts[1]):
+        return True
+    return len(parts) >= 3 and DATASET.match(parts[0]) and parts[1] == "sweeps" and bool(SWEEP_NAME.match(parts[2]))
+
+
+def _temporaries(tree):
+    """Items for the temporaries and staging directories in a tree."""
+    items, staging = [], set()
+    for name, stored in tree.files.items():
+        parts = name.split("/")
+        if len(parts) >= 3 and parts[0] == "raw" and STAGING.match(parts[1]):
+            staging.add(parts[1])
+            continue
+        directory, base = name.rpartition("/")[0], parts[-1]
+        match = TEMPORARY.match(base)
+        if match and (_pipeline_directory(tree, directory) or (not directory and match["name"] in ROOT_FILES)):
+            items.append(Item(tree.where(name), stored.size, "temporary", "orphaned temporary of a write that was "
+                              "killed", (tree.where(name),), tree.location))
+    if not tree.remote:  # an empty staging directory is listed by no file
+        raw = Path(tree.location, "raw")
+        staging |= {p.name for p in raw.iterdir() if STAGING.match(p.name) and p.is_dir() and not p.is_symlink()} \
+            if raw.is_dir() else set()
+    items += [_dir_item(tree, f"raw/{name}", "staging", "orphaned download staging directory")
+              for name in sorted(staging)]
+    return items
+
+
+def _uploads(tree, now, min_age):
+    """Items for the multipart uploads under a bucket root never completed, started min_age ago."""
+    if not tree.remote:
+        return []
+    _, root_key = tree.location[len("s3://"):].partition("/")[::2]
+    items = []
+    for key, upload_id, initiated in storage.unfinished_uploads(tree.location):
+        name = key[len(root_key) + 1:] if root_key else key
+        if root_key and not key.startswith(root_key + "/"):
+            continue
+        started = initiated.timestamp() if hasattr(initiated, "timestamp") else None
+        if started is None or now - started < min_age or not _pipeline_directory(tree, name.rpartition("/")[0]):
+            continue
+        items.append(Item(tree.where(name), 0, "upload", f"a multipart upload started {_utc(started)} and never "
+                          f"completed (its parts)", (), tree.location, upload=(key, upload_id)))
+    return items
+
+
+def _cache_items(cache, now, cache_days, min_age):
+    items = []
+    objects = cache / "objects"
+    for folder in sorted(p for p in objects.iterdir() if SHA256.match(p.name)) if objects.is_dir() else []:
+        for path in sorted(folder.iterdir()):
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
+            if not path.is_file() or path.is_symlink():
+                continue
+            if TEMPORARY.match(path.name):
+                if now - st.st_mtime >= min_age:
+                    items.append(Item(str(path), st.st_size, "temporary", "orphaned temporary of a download",
+                                      (str(path),), str(cache)))
+            elif now - st.st_mtime >= cache_days * DAY:
+                items.append(Item(str(path), st.st_size, "cached-object",
+                                  f"a verified download not used since {_utc(st.st_mtime)}", (str(path),), str(cache)))
+    for copy in sorted(p for p in cache.iterdir() if WORKING_COPY.match(p.name) and p.is_dir()) \
+            if cache.is_dir() else []:
+        newest = max([copy.lstat().st_mtime] + [os.lstat(os.path.join(d, n)).st_mtime
+                                                for d, dirs, files in os.walk(copy) for n in files + dirs])
+        if now - newest >= min_age:
+            items.append(Item(str(copy), _disk_bytes(copy), "working-copy",
+                              f"a worker's working copy, unchanged since {_utc(newest)}; remade when needed",
+                              (), str(cache)))
+    return items
 
 
 # --- removing ---
 
 def remove(items):
-    """Remove the items of a plan; return the bytes freed (each item measured just before it
-    goes; one already gone counts 0). For checkpoints, lineage/TrainNetwork.json is rewritten
-    first; for runs, their rows of runs.csv are dropped (and index.html rewritten) before the
-    directory goes, so an interruption leaves nothing that claims a missing file."""
+    """Remove the items of a plan; return the bytes freed. Checkpoints: lineage/TrainNetwork.json
+    is rewritten without them first; runs: their rows of runs.csv are dropped before their files,
+    and each directory loses its record first, so an interruption leaves nothing that claims a
+    missing file (a run cut short is unfinished, and the next gc removes it)."""
     items = list(items)
+    at_work = {item.root for item in items if item.kind in AT_WORK and _held_now(item.root)}
+    items = [item for item in items if not (item.kind in AT_WORK and item.root in at_work)]
     freed = 0
     by_record = {}
     for item in items:
-        if item.kind == "checkpoint":
-            by_record.setdefault(item.path.parent.parent / "lineage" / "TrainNetwork.json", []).append(item)
-    for record, group in by_record.items():
-        if _drop_outputs(record, [item.path for item in group]):
-            for item in group:
-                freed += _delete(item.path)
-    runs_going = [item.path for item in items if item.kind in ("unfinished-run", "old-run")]
+        if item.kind == "checkpoint" and item.record:
+            by_record.setdefault(item.record, []).append(item.label)
+    dropped = {record for record, labels in by_record.items() if _drop_outputs(record, labels)}
     by_root = {}
-    for run in runs_going:
-        by_root.setdefault(run.parent.parent, set()).add((run.parent.name, run.name))
-    for root, gone in by_root.items():
-        drop_runs(root / "runs.csv", gone)
     for item in items:
-        if item.kind != "checkpoint":
-            freed += _delete(item.path)
+        if item.kind in ("unfinished-run", "old-run"):
+            by_root.setdefault(item.root, set()).add(item.run_id)
+    for root, run_ids in by_root.items():
+        if any(row["run_id"] in run_ids for row in runs.read_runs(root)):
+            runs.drop_runs(root, run_ids)
+    for item in items:
+        if item.kind == "checkpoint" and item.record and item.record not in dropped:
+            continue  # its record no longer vouches for its run: left as it is
+        if _remove_item(item):
+            freed += item.bytes
     return freed
 
 
-def _delete(path):
-    path = Path(path)
-    size = size_of(path)
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    except FileNotFoundError:
-        return 0
-    return size
+def _held_now(root):
+    """Whether a lock of root is held now (checked again just before removing)."""
+    files = {f".locks/{name}": stored for name, stored in storage.listing(storage.join(root, ".locks")).items()}
+    return any(lock.held for lock in _locks(root, files, time.time()))
 
 
-def _drop_outputs(record_path, paths):
-    """Rewrite a lineage record without the outputs at these paths, every other entry as it was;
-    False (and nothing written) unless the record still vouches for all its outputs."""
-    record = lineage.read_record(record_path)
-    if record is None or lineage.problem(record_path, inputs=None) is not None:
-        return False
-    gone = {os.path.normpath(os.path.abspath(p)) for p in paths}
-    base = Path(record_path).parent
-    kept = {label: entry for label, entry in record["outputs"].items()
-            if os.path.normpath(os.path.abspath(base / entry["path"])) not in gone}
-    removed = sorted(set(record["outputs"]) - set(kept))
-    if not removed:
+def _remove_item(item):
+    """Remove one item; False when it was gone already."""
+    if item.kind == "upload":
+        storage.abort_upload(item.root, *item.upload)
         return True
-    record["outputs"] = kept
-    record.setdefault("removed_by_gc", []).append({
-        "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "outputs": removed})
-    write_atomically(record_path, json.dumps(record, indent=2) + "\n")
+    if item.kind == "lock":
+        return _remove_lock(item.location)
+    if not storage.is_remote(item.location) and os.path.isdir(item.location) \
+            and not os.path.islink(item.location):
+        for first in item.objects[:1]:
+            if first.endswith(FIRST_RECORDS):
+                storage.delete(first)
+        shutil.rmtree(item.location, ignore_errors=True)
+        return True
+    first = [location for location in item.objects if location.endswith(FIRST_RECORDS)]
+    rest = [location for location in item.objects if location not in first]
+    for location in first:
+        storage.delete(location)
+    if len(rest) > 4:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(storage.delete, rest))
+    else:
+        for location in rest:
+            storage.delete(location)
+    return bool(item.objects)
+
+
+def _remove_lock(location):
+    """Remove a stale lock: a local file under its own flock (a contender that opened it sees it
+    gone, as after Lease.release), a lease object only while it is still expired."""
+    if storage.is_remote(location):
+        expires, ttl = _lease_expiry(location)
+        if expires is None or expires + ttl >= time.time():
+            return False
+        storage.delete(location)
+        return True
+    try:
+        handle = open(location, "rb")
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # taken meanwhile
+        try:
+            if os.fstat(handle.fileno()).st_ino != os.stat(location).st_ino:
+                return False
+            os.unlink(location)
+            return True
+        except FileNotFoundError:
+            return False
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _drop_outputs(record_location, labels):
+    """Rewrite a lineage record without the outputs of these labels, every other entry as it was;
+    False (and nothing written) unless the record still vouches for all its outputs."""
+    record = lineage.read_record(record_location)
+    if record is None or lineage.problem(record_location, inputs=None, record=record) is not None:
+        return False
+    removed = sorted(set(labels) & set(record["outputs"]))
+    if removed:
+        record["outputs"] = {label: entry for label, entry in record["outputs"].items() if label not in removed}
+        record.setdefault("removed_by_gc", []).append({
+            "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "outputs": removed})
+        storage.write_bytes(record_location, json.dumps(record, indent=2) + "\n")
     return True
-
-
-def drop_runs(runs_csv, gone):
-    """Remove the rows of runs.csv whose (dataset, run_id) is in `gone`, and rewrite index.html
-    beside it, under runs.csv's lock as runs.add_run does; nothing when no row goes."""
-    runs_csv = Path(runs_csv)
-    with exclusive_lock(runs_csv.parent / ".locks" / (runs_csv.name + ".lock")):
-        rows = runs.read_runs(runs_csv)
-        kept = [row for row in rows if (row.get("dataset"), row.get("run_id")) not in gone]
-        if len(kept) == len(rows):
-            return
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=runs.RUN_COLUMNS, lineterminator="\n", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(kept)
-        write_atomically(runs_csv, out.getvalue())
-        write_atomically(runs_csv.with_name("index.html"),
-                         pages.index_page([runs.page_row(runs_csv.parent, row) for row in kept]))
 
 
 # --- tables ---
@@ -446,10 +772,9 @@ def format_usage(rows):
 
 def format_plan(items):
     """A plan as a printable table with its total and, for a Plan, its notes."""
-    items = list(items) if not isinstance(items, Plan) else items
     if items:
-        text = _table(["kind", "size", "path", "reason"],
-                      [[i.kind, human_size(i.bytes), str(i.path), i.reason] for i in items], right=(1,))
+        text = _table(["kind", "size", "location", "reason"],
+                      [[i.kind, human_size(i.bytes), i.location, i.reason] for i in items], right=(1,))
         text += f"\n{len(items)} item(s), {human_size(sum(i.bytes for i in items))} in all"
     else:
         text = "nothing to remove"
