@@ -155,12 +155,11 @@ def is_framed(field, framing):
     if framing == "fill":
         off_centre = max(abs(rows.min() - (SIZE - height) / 2), abs(cols.min() - (SIZE - width) / 2))
         return max(height, width) >= SIZE - 2 and off_centre <= 1
-    border = np.concatenate([field[0, :], field[-1, :], field[:, 0], field[:, -1]])
     total = field.sum()
     centre_row = (field.sum(axis=1) * np.arange(SIZE)).sum() / total
     centre_col = (field.sum(axis=0) * np.arange(SIZE)).sum() / total
     centred = abs(centre_row - (SIZE - 1) / 2) <= 1.5 and abs(centre_col - (SIZE - 1) / 2) <= 1.5
-    return max(height, width) <= BOX + 2 and centred and float(border.max()) <= FILL_INK
+    return max(height, width) <= BOX + 2 and centred
 
 
 def frame(gray, background, framing, name="picture"):

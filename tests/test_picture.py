@@ -217,3 +217,14 @@ def huge_png_header(width, height):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(bytes(width + 1) * 4)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_a_28x28_picture_not_in_the_framings_form_is_framed(tmp_path, framing):
+    image = Image.new("L", (28, 28), 0)
+    ImageDraw.Draw(image).rectangle((1, 2, 9, 14), fill=255)  # small, in a corner
+    array = load_picture(save(image, tmp_path / "corner.png"), framing=framing)
+    top, bottom, left, right = bounding_box(array)
+    side = 20 if framing == "mnist" else 28
+    assert max(bottom - top + 1, right - left + 1) == side
+    assert abs((top + bottom) / 2 - 13.5) <= 1 and abs((left + right) / 2 - 13.5) <= 1
