@@ -92,7 +92,7 @@ def load_model(path):
     """(TwoLayerNet, dataset, framing) of a model file or run directory; _Missing or
     CheckpointError (one line) for anything missing, damaged or foreign."""
     if path.is_dir():
-        problem = lineage.problem(path / "lineage" / "TrainNetwork.json", inputs=None)
+        problem = lineage.problem(str(path / "lineage" / "TrainNetwork.json"), inputs=None)
         if problem:
             raise CheckpointError(f"{path / 'model.h5'} is not the run's trained model ({problem}): rerun the "
                                   f"run's command to train it")
