@@ -42,6 +42,7 @@ def default_framing(dataset) -> str:
 
 
 def check_framing(framing) -> str:
+    """framing itself when it is one of FRAMINGS; DataError otherwise."""
     if framing not in FRAMINGS:
         raise DataError(f"unknown framing {framing!r}: use one of {', '.join(FRAMINGS)}")
     return framing
