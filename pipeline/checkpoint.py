@@ -32,6 +32,7 @@ from pipeline.network import PARAM_NAMES
 
 FORMAT_VERSION = 2
 MAX_VALUES = 200_000_000  # weights and losses together: refused before reading, not after running out of memory
+MAX_SIDE = 1 << 20  # no side of a weight matrix is longer (inputs, hidden units, classes)
 NAME = re.compile(r"^iter-(\d{8,})\.h5$")  # 8 digits, more past iteration 99,999,999
 REQUIRED_ATTRS = ("iteration", "epoch", "rng_state", "hyperparameters", "run_id", "format_version")
 ABSENT = "never saved"  # what trusted() says of a checkpoint with neither a file nor a record
@@ -155,29 +156,62 @@ def _evaluation(f):
 
 
 def _check_layout(path, f):
+    """Refuse, before any data is read, a file that is not laid out as ours: a newer format,
+    missing parts, too many values, weights that are not float arrays whose shapes chain
+    (W1 (input, hidden), b1 (hidden,), W2 (hidden, classes), b2 (classes,)) with sides up to
+    MAX_SIDE, and data kept outside the file (external storage, soft or external links)."""
     version = f.attrs.get("format_version")
     if version is not None and int(version) > FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {int(version)}, newer than this package reads "
                               f"({FORMAT_VERSION}): upgrade mnist-pipeline, or {FIX}")
-    missing = [name for name in [f"params/{k}" for k in PARAM_NAMES] + ["losses"]
-               if not isinstance(f.get(name), h5py.Dataset)]
-    sizes = [f[name].size for name in [f"params/{k}" for k in PARAM_NAMES] + ["losses"] if name not in missing]
+    names = [f"params/{k}" for k in PARAM_NAMES] + ["losses"] + (["evaluation"] if "evaluation" in f else [])
+    _check_links(path, f, names)
+    missing = [name for name in names if not isinstance(f.get(name), h5py.Dataset)]
+    sizes = [f[name].size for name in names if name not in missing]
     if sum(sizes) > MAX_VALUES:
         raise CheckpointError(f"{path} holds {sum(sizes):,} values, more than a checkpoint of this pipeline "
                               f"can ({MAX_VALUES:,}): not one of its checkpoints; {FIX}")
     missing += [name for name in REQUIRED_ATTRS if name not in f.attrs]
     if missing:
         raise CheckpointError(f"{path} is not a complete checkpoint (missing {', '.join(missing)}): {FIX}")
+    for name in names:
+        dataset = f[name]
+        if dataset.external or dataset.is_virtual:
+            raise CheckpointError(f"{path}: {name} keeps its data outside the file (HDF5 external or virtual "
+                                  f"storage); refused: not one of this pipeline's checkpoints; {FIX}")
+        if dataset.dtype.kind != "f" or dataset.dtype.itemsize not in (4, 8):
+            raise CheckpointError(f"{path}: {name} holds {dataset.dtype} values, not float32 or float64: not one of "
+                                  f"this pipeline's checkpoints; {FIX}")
+    shapes = {k: f["params"][k].shape for k in PARAM_NAMES}
+    W1, b1, W2, b2 = (shapes[k] for k in PARAM_NAMES)
+    if not (len(W1) == 2 and len(W2) == 2 and b1 == (W1[1],) == (W2[0],) and b2 == (W2[1],)):
+        raise CheckpointError(f"{path} is inconsistent (shapes W1 {W1}, b1 {b1}, W2 {W2}, b2 {b2} do not fit "
+                              f"together): {FIX}")
+    if max(W1 + W2) > MAX_SIDE:
+        raise CheckpointError(f"{path}: weights of shapes W1 {W1}, W2 {W2}, sides past {MAX_SIDE:,}: not one of "
+                              f"this pipeline's checkpoints; {FIX}")
+
+
+def _check_links(path, f, names):
+    """CheckpointError for any group or dataset on the way to `names` that is a soft or
+    external link (an external one would open another file)."""
+    for name in names:
+        parts = name.split("/")
+        for depth in range(1, len(parts) + 1):
+            here = "/".join(parts[:depth])
+            link = f.get(here, getlink=True)
+            if link is None:
+                break
+            if not isinstance(link, h5py.HardLink):
+                kind = "an external link" if isinstance(link, h5py.ExternalLink) else "a soft link"
+                raise CheckpointError(f"{path}: {here} is {kind}, not data stored in the file; refused: not one of "
+                                      f"this pipeline's checkpoints; {FIX}")
 
 
 def _check_consistent(c):
-    """Shapes that fit together; resuming from anything else would fail later, far from the cause."""
-    W1, b1, W2, b2 = (c.params[k] for k in PARAM_NAMES)
-    problems = []
-    fits = W1.ndim == 2 and W2.ndim == 2 and b1.shape == (W1.shape[1],) == (W2.shape[0],) \
-        and b2.shape == (W2.shape[1],)
-    if not fits:
-        problems.append(f"shapes W1 {W1.shape}, b1 {b1.shape}, W2 {W2.shape}, b2 {b2.shape} do not fit together")
+    """Finite weights, and a loss history as long as the iteration says; resuming from anything
+    else would fail later, far from the cause."""
+    problems = [f"{k} holds NaN or infinite values" for k in PARAM_NAMES if not np.all(np.isfinite(c.params[k]))]
     if c.losses.shape != (c.iteration,):
         problems.append(f"{c.losses.shape[0] if c.losses.ndim else 0} losses for iteration {c.iteration}")
     if problems:

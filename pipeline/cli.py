@@ -22,14 +22,9 @@ import socket
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from pipeline import __version__, checkpoint, lineage, runs
-from pipeline.errors import CheckpointError, DataError, ParameterError, PipelineError
-from pipeline.idx import read_idx
+from pipeline.errors import CheckpointError, ParameterError, PipelineError
 from pipeline.logs import user_message
-from pipeline.network import TwoLayerNet
-from pipeline.processed import normalize_images
 
 EXIT_USAGE = 2  # argparse's code for a bad command line; bad parameters count as one
 EXIT_WOULD_RUN = 3  # `status`: some task is not complete
@@ -88,7 +83,12 @@ def build_parser():
     predict.add_argument("inputs", nargs="+", metavar="FILE",
                          help="an IDX images file (gzipped or not) and optionally its IDX labels file; or "
                               "pictures (PNG, JPEG, ...) of one digit or garment each")
-    predict.add_argument("--summary", action="store_true", help="IDX: print only the counts (and accuracy)")
+    predict.add_argument("--summary", action="store_true", help="print only the counts (and accuracy)")
+    predict.add_argument("--format", choices=("text", "csv", "json"), default="text",
+                         help="one line per image: tab-separated text, CSV with a header, or JSON (default: text)")
+    predict.add_argument("--framing", choices=("mnist", "fill"), default=None,
+                         help="how pictures are framed: mnist (20-pixel box, centred by mass) or fill (28 pixels, "
+                              "Fashion-MNIST's) (default: the model's)")
     predict.set_defaults(handler=predict_command)
 
     gc = commands.add_parser("gc", help="show what runs and datasets take, on a disk or in a bucket, and what could "
@@ -393,66 +393,10 @@ def _short(value):
 
 @_removing_copies
 def predict_command(args, keep):
-    model = _local_copy(args.model, keep)
-    if model.is_dir():
-        problem = lineage.problem(str(model / "lineage" / "TrainNetwork.json"), inputs=None)
-        if problem:
-            raise PipelineError(f"{model / 'model.h5'} is not the run's trained model ({problem}): rerun the "
-                                f"run's command to train it")
-        model = model / "model.h5"
-    loaded = checkpoint.load_checkpoint(model)
-    network = TwoLayerNet.from_params(loaded.params)
-    if not _is_idx(args.inputs[0]):
-        return _predict_pictures(network, loaded.dataset, args.inputs)
-    if len(args.inputs) > 2:
-        raise ParameterError("give one IDX images file and at most one IDX labels file")
-    images_path, labels_path = args.inputs[0], (args.inputs[1] if len(args.inputs) > 1 else None)
-    images = read_idx(images_path)
-    if images.ndim != 3:
-        raise DataError(f"{images_path} holds labels, not images: give the images file first")
-    x = normalize_images(images).astype(network.params["W1"].dtype, copy=False)
-    if x.shape[1] != network.params["W1"].shape[0]:
-        raise PipelineError(f"{images_path} has images of {x.shape[1]} pixels; the model takes "
-                            f"{network.params['W1'].shape[0]}")
-    predicted = np.argmax(network.predict(x), axis=1)
-    if not args.summary:
-        sys.stdout.write("".join(f"{label}\n" for label in predicted))
-    counts = np.bincount(predicted, minlength=10)
-    print(f"predicted {len(predicted)} images; per class: {counts.tolist()}", file=sys.stderr)
-    if labels_path:
-        labels = read_idx(labels_path)
-        if labels.ndim != 1:
-            raise DataError(f"{labels_path} holds images, not labels: give a labels file last")
-        if labels.shape[0] != predicted.shape[0]:
-            raise PipelineError(f"{labels_path} holds {labels.shape[0]} labels for {predicted.shape[0]} images")
-        correct = int(np.count_nonzero(predicted == labels))
-        print(f"accuracy {correct / len(labels):.4f} ({correct}/{len(labels)})", file=sys.stderr)
-    return 0
+    from pipeline.predict import predict
 
-
-def _is_idx(path):
-    """Whether a file starts as an IDX file does (or is gzip, as the published ones are)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(3)
-    except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror})") from None
-    return head[:2] == b"\x1f\x8b" or head == b"\x00\x00\x08"
-
-
-def _predict_pictures(network, dataset, paths):
-    """One line per picture: file, label (and its class name), probability."""
-    from pipeline.picture import load_picture
-    from pipeline.report import class_names
-
-    names = class_names(dataset, network.params["b2"].size)
-    x = np.stack([load_picture(path) for path in paths]).astype(network.params["W1"].dtype)
-    probabilities = network.predict(x)
-    for path, row in zip(paths, probabilities):
-        label = int(np.argmax(row))
-        shown = f"{label} ({names[label]})" if names[label] != str(label) else str(label)
-        print(f"{path}\t{shown}\t{row[label]:.3f}")
-    return 0
+    return predict(_local_copy(args.model, keep), args.inputs, fmt=args.format, summary=args.summary,
+                   framing=args.framing)
 
 
 # --- gc ---

@@ -118,7 +118,7 @@ def test_predict_prints_labels_and_the_accuracy(finished, synthetic_source):
     done = run(["predict", str(run_dir), str(synthetic_source / FILES["test_images"]),
                str(synthetic_source / FILES["test_labels"])], workdir, tool="cli")
     assert done.returncode == 0, done.stderr
-    labels = done.stdout.split()
+    labels = [line.split("\t")[1] for line in done.stdout.splitlines()]
     assert len(labels) == 200 and set(labels) <= set("0123456789")
     correct = round(metrics["final"]["test_accuracy"] * 200)
     assert f"accuracy {correct / 200:.4f} ({correct}/200)" in done.stderr
@@ -132,16 +132,16 @@ def test_predict_errors_are_clear(finished, synthetic_source, tmp_path, capsys):
     shutil.copytree(run_dir, swapped)
     shutil.copy(swapped / "checkpoints" / "iter-00000012.h5", swapped / "model.h5")
     cases = [
-        ([str(swapped), images], "is not the run's trained model (changed or damaged"),
-        ([str(tmp_path / "nope.h5"), images], "no such checkpoint"),
-        ([str(tmp_path), images], "is not the run's trained model (missing)"),
-        ([str(run_dir), str(tmp_path / "missing.gz")], "cannot read"),
-        ([str(run_dir), str(synthetic_source / FILES["test_labels"])], "holds labels"),
-        ([str(run_dir), images, str(tmp_path / "other" / FILES["test_labels"])], "holds 7 labels for 200 images"),
-        ([str(run_dir), images, images], "holds images, not labels"),
+        ([str(swapped), images], "is not the run's trained model (changed or damaged", 30),
+        ([str(tmp_path / "nope.h5"), images], "no such model file", 20),
+        ([str(tmp_path), images], "is not the run's trained model (missing)", 30),
+        ([str(run_dir), str(tmp_path / "missing.gz")], "no such file", 20),
+        ([str(run_dir), str(synthetic_source / FILES["test_labels"])], "holds labels", 30),
+        ([str(run_dir), images, str(tmp_path / "other" / FILES["test_labels"])], "holds 7 labels for 200 images", 30),
+        ([str(run_dir), images, images], "holds images, not labels", 30),
     ]
-    for args, message in cases:
-        assert main(["predict", "--summary", *args]) == 1
+    for args, message, code in cases:
+        assert main(["predict", "--summary", *args]) == code
         assert message in capsys.readouterr().err
 
 
@@ -161,7 +161,7 @@ def test_predict_reads_ordinary_pictures_and_names_each_label(finished, tmp_path
     assert done.returncode == 0, done.stderr
     lines = [line.split("\t") for line in done.stdout.splitlines()]
     assert [line[0] for line in lines] == paths
-    assert all(line[1] in "0123456789" and 0 < float(line[2]) <= 1 for line in lines)
+    assert all(line[1] in "0123456789" and line[2] == line[1] and 0 < float(line[3]) <= 1 for line in lines)
 
 
 def test_diff_shows_the_parameters_that_differ_and_the_final_figures(finished, synthetic_source, capsys):

@@ -1,11 +1,17 @@
-"""pipeline.picture.load_picture: ordinary image files made into MNIST's form."""
+"""pipeline.picture.load_picture: ordinary image files made into the form of the model's dataset."""
+
+import io
+import os
+import struct
+import warnings
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
 from pipeline.errors import DataError
-from pipeline.picture import load_picture
+from pipeline.picture import FRAMINGS, MAX_FILE_BYTES, default_framing, frame, load_picture
 
 
 def ring(size=(200, 260), box=(40, 50, 160, 210), ink=0, paper=255, mode="L"):
@@ -117,3 +123,108 @@ def test_clear_one_line_errors(tmp_path, make, message):
         load_picture(path)
     text = str(raised.value)
     assert message in text and str(path) in text and "\n" not in text
+
+
+# --- framings: a picture framed as the model's dataset was ---
+
+def figure_field(framing, seed):
+    """A generated dataset image (uint8 (28, 28), light on black) in the framing's form: a
+    random filled polygon drawn large, then framed by the framing itself."""
+    rng = np.random.default_rng(seed)
+    canvas = Image.new("L", (160, 160), 0)
+    points = [tuple(int(v) for v in p) for p in rng.integers(10, 150, (6, 2))]
+    ImageDraw.Draw(canvas).polygon(points, fill=int(rng.integers(120, 256)))
+    ImageDraw.Draw(canvas).line(points[:3], fill=255, width=int(rng.integers(4, 14)))
+    gray = np.asarray(canvas, np.float64) / 255
+    return np.rint(frame(gray, 0.0, framing) * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_a_dataset_image_saved_as_a_picture_is_taken_as_it_is(tmp_path, framing):
+    for seed in range(20):
+        field = figure_field(framing, seed)
+        path = save(Image.fromarray(field), tmp_path / f"{seed}.png")
+        np.testing.assert_array_equal(load_picture(path, framing=framing), field.reshape(-1) / np.float32(255))
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_a_dataset_image_inverted_off_centre_on_a_larger_canvas_is_framed_back(tmp_path, framing):
+    """fill: exactly; mnist: within 1/255 on average, up to a shift of one pixel where the centre of
+    mass of the quantized image rounds the other way."""
+    for seed in range(20):
+        field = figure_field(framing, seed)
+        canvas = Image.new("L", (60, 60), 255)
+        canvas.paste(Image.fromarray(255 - field), (3 + seed, 29 - seed))
+        array = grid(load_picture(save(canvas, tmp_path / f"{seed}.png"), framing=framing))
+        if framing == "fill":
+            np.testing.assert_array_equal(array * 255, field)
+            continue
+        shifts = [np.abs(np.roll(array, (dr, dc), axis=(0, 1)) - field / 255).mean()
+                  for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+        assert min(shifts) <= 1 / 255
+
+
+def test_fill_scales_the_longer_side_to_28_and_centres_the_box_keeping_intensities(tmp_path):
+    image = Image.new("L", (300, 200), 0)
+    ImageDraw.Draw(image).rectangle((50, 40, 249, 139), fill=128)  # 200 wide, 100 tall, half intensity
+    field = grid(load_picture(save(image, tmp_path / "wide.png"), framing="fill"))
+    top, bottom, left, right = bounding_box(field.reshape(-1))
+    assert (left, right) == (0, 27) and (top, bottom) == (7, 20)  # 14 rows, the odd one below
+    assert abs(field[14, 14] - 128 / 255) <= 1 / 255
+
+
+def test_the_default_framing_follows_the_dataset():
+    assert default_framing("fashion-mnist") == "fill"
+    assert default_framing("mnist") == default_framing("my-digits") == "mnist"
+    with pytest.raises(DataError, match="unknown framing 'crop'"):
+        load_picture("anything.png", framing="crop")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: os.truncate(_touch(p), MAX_FILE_BYTES + 1), "more than the"),
+    (lambda p: p.write_bytes(huge_png_header(12000, 12000)), "12000x12000 pixels, more than"),
+    (lambda p: p.write_bytes(huge_png_header(40000, 40000)), "more than the 40000000 pixels"),
+    (lambda p: p.mkdir(), "not a regular file"),
+    (lambda p: os.mkfifo(p), "not a regular file"),
+    (lambda p: p.write_bytes(_png_bytes()[:-40]), "not an image file that can be read"),
+    (lambda p: Image.new("RGB", (30, 30), 255).save(p, format="PCX"), "not an image file that can be read"),
+])
+def test_a_picture_is_checked_before_it_is_decoded(tmp_path, make, message):
+    path = tmp_path / "picture.png"
+    make(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor a warning on the way
+        with pytest.raises(DataError) as raised:
+            load_picture(path)
+    assert message in str(raised.value) and str(path) in str(raised.value) and "\n" not in str(raised.value)
+
+
+def _touch(path):
+    path.write_bytes(b"")
+    return path
+
+
+def _png_bytes():
+    buffer = io.BytesIO()
+    ring().save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def huge_png_header(width, height):
+    """A PNG whose header announces width x height pixels, with a little image data: a picture
+    that would take width * height bytes and more once decoded."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(bytes(width + 1) * 4)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_a_28x28_picture_not_in_the_framings_form_is_framed(tmp_path, framing):
+    image = Image.new("L", (28, 28), 0)
+    ImageDraw.Draw(image).rectangle((1, 2, 9, 14), fill=255)  # small, in a corner
+    array = load_picture(save(image, tmp_path / "corner.png"), framing=framing)
+    top, bottom, left, right = bounding_box(array)
+    side = 20 if framing == "mnist" else 28
+    assert max(bottom - top + 1, right - left + 1) == side
+    assert abs((top + bottom) / 2 - 13.5) <= 1 and abs((left + right) / 2 - 13.5) <= 1

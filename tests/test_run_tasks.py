@@ -9,7 +9,7 @@ import pytest
 from luigi.execution_summary import LuigiStatusCode
 
 from fakedata import make_idx_dataset
-from pipeline import checkpoint, lineage, processed, runs, storage, tasks
+from pipeline import checkpoint, processed, runs, storage, tasks
 from pipeline.errors import ParameterError
 from pipeline.network import PARAM_NAMES, TwoLayerNet
 from runner import build
