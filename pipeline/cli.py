@@ -383,7 +383,7 @@ def predict_command(args, keep):
         if problem:
             raise PipelineError(f"{model / 'model.h5'} is not the run's trained model ({problem}): rerun the "
                                 f"run's command to train it")
-        model = model / "model.h5"
+        model = _best_or_final(model)
     loaded = checkpoint.load_checkpoint(model)
     network = TwoLayerNet.from_params(loaded.params)
     if not _is_idx(args.inputs[0]):
@@ -412,6 +412,17 @@ def predict_command(args, keep):
         correct = int(np.count_nonzero(predicted == labels))
         print(f"accuracy {correct / len(labels):.4f} ({correct}/{len(labels)})", file=sys.stderr)
     return 0
+
+
+def _best_or_final(run_dir):
+    """best.h5 (the checkpoint of the best validation accuracy) when the run has a validation
+    split, else model.h5; says which on stderr."""
+    best = run_dir / "best.h5"
+    if best.is_file():
+        attrs = checkpoint.load_checkpoint(best).attrs
+        print(f"using {best}: the best validation accuracy, epoch {attrs['epoch']:g}", file=sys.stderr)
+        return best
+    return run_dir / "model.h5"
 
 
 def _is_idx(path):
