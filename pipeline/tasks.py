@@ -728,6 +728,8 @@ class TrainNetwork(RunTask):
         check_fits_data(self.batch_size, self.iterations, x_train.shape[0], self.validation_size)
         inputs = {label: lineage.file_digest(path) for label, path in self.record_inputs().items()}
         held_out, train_rows, split = self.split(t_train)
+        if split:  # a checkpoint trained beside other held-out images is not resumed from
+            inputs["validation_split"] = split["validation_split_sha256"]
         train_size = x_train.shape[0] if train_rows is None else len(train_rows)
         per_epoch = iterations_per_epoch(train_size, self.batch_size)
         iterations = checkpoint_iterations(train_size, self.batch_size, self.iterations)

@@ -319,3 +319,30 @@ def test_predict_on_a_run_directory_uses_the_best_validation_checkpoint(chain, s
     shutil.copyfile(run_dir / "model.h5", run_dir / "best.h5")  # not the file the run recorded
     assert main(["predict", "--summary", str(run_dir), str(synthetic_source / "t10k-images-idx3-ubyte.gz")]) != 0
     assert "not the run's trained model" in capsys.readouterr().err
+
+
+def test_a_split_too_large_for_a_custom_dataset_fails_before_training(chain):
+    params = dict(chain, validation_size=560)  # 600 images, batch 50: at most 550 may be held out
+    status, failures = build(tasks.TrainNetwork(**params))
+    assert status != LuigiStatusCode.SUCCESS
+    assert any("invalid validation_size=560: must leave a batch (50) of the 600 training images" in message
+               for _, message in failures)
+    run_dir = tasks.TrainNetwork(**params).run_dir
+    assert not (run_dir / "model.h5").exists() and not (run_dir / "checkpoints").exists()
+
+
+def test_checkpoints_of_another_split_are_not_resumed_from(chain, caplog):
+    params = dict(chain, validation_size=100, iterations=60)
+    assert build(tasks.TrainNetwork(**params))[0] == LuigiStatusCode.SUCCESS
+    task = tasks.TrainNetwork(**params)
+    first = checkpoint.checkpoint_path(task.run_dir / "checkpoints", 20)
+    with h5py.File(first, "r+") as f:  # as if trained beside other held-out images
+        inputs = json.loads(f.attrs["inputs"])
+        f.attrs["inputs"] = json.dumps({**inputs, "validation_split": "0" * 64}, sort_keys=True)
+    for path in (task.run_dir / "model.h5", task.record_path()):
+        path.unlink()
+    caplog.set_level("WARNING", logger="luigi-interface")
+    assert build(tasks.TrainNetwork(**params))[0] == LuigiStatusCode.SUCCESS
+    assert f"not resuming from {first} or later: it was trained from other data" in caplog.text
+    assert checkpoint.load_checkpoint(first).inputs["validation_split"] == \
+        checkpoint.load_checkpoint(task.run_dir / "model.h5").attrs["validation_split_sha256"]
