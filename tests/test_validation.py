@@ -346,3 +346,40 @@ def test_checkpoints_of_another_split_are_not_resumed_from(chain, caplog):
     assert f"not resuming from {first} or later: it was trained from other data" in caplog.text
     assert checkpoint.load_checkpoint(first).inputs["validation_split"] == \
         checkpoint.load_checkpoint(task.run_dir / "model.h5").attrs["validation_split_sha256"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killed_after_save", ["early", "stop", "model"])
+def test_patience_decides_the_same_after_a_real_sigkill(tmp_path, synthetic_source, killed_after_save):
+    """SIGKILL (tests/killer.py) right after the 3rd checkpoint, after the stopping checkpoint, or
+    after model.h5 but before its record; the rerun ends bit-identical to an undisturbed run."""
+    from runner import run as run_tool
+
+    def command(workdir):
+        return ["--module", "pipeline.tasks", "TrainNetwork", "--local-scheduler", "--dataset", "synthetic",
+                "--source-dir", str(synthetic_source), "--local-dirs", "[]", "--mirrors", "[]",
+                "--data-dir", str(workdir / "data"), "--artifacts-dir", str(workdir / "artifacts"),
+                "--hidden-size", "30", "--batch-size", "50", "--learning-rate", "0.5", "--iterations", "240",
+                "--sampling", "shuffle", "--seed", "4", "--validation-size", "100", "--patience", "2"]
+
+    reference_dir = tmp_path / "reference"
+    assert run_tool(command(reference_dir), tmp_path).returncode == 0
+    (reference_run,) = (reference_dir / "artifacts" / "synthetic").glob("h30-*")
+    reference = checkpoint.load_checkpoint(reference_run / "model.h5")
+    stop_saves = reference.iteration // 10 + 1  # checkpoints 0, 10, ..., the stopping one
+    count = {"early": 3, "stop": stop_saves, "model": stop_saves + 1}[killed_after_save]
+    workdir = tmp_path / "killed"
+    killed = run_tool(["pipeline.checkpoint:save_checkpoint", str(count), "after", "--", *command(workdir)],
+                      tmp_path, tool="killer")
+    assert killed.returncode == -9
+    (run_dir,) = (workdir / "artifacts" / "synthetic").glob("h30-*")
+    assert not (run_dir / "lineage" / "TrainNetwork.json").exists()
+    done = run_tool(command(workdir), tmp_path)
+    assert done.returncode == 0 and "resuming training" in done.stderr
+    assert f"stopped early at epoch {reference.iteration // 10}" in done.stderr
+    resumed = checkpoint.load_checkpoint(run_dir / "model.h5")
+    assert resumed.evaluation == reference.evaluation and resumed.losses.tobytes() == reference.losses.tobytes()
+    for key in PARAM_NAMES:
+        assert resumed.params[key].tobytes() == reference.params[key].tobytes()
+    assert checkpoint.load_checkpoint(run_dir / "best.h5").params["W1"].tobytes() == \
+        checkpoint.load_checkpoint(reference_run / "best.h5").params["W1"].tobytes()
