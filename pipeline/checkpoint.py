@@ -3,13 +3,18 @@
 Layout of one file:
     /params/W1, /params/b1, /params/W2, /params/b2   the weights, float32 or float64
     /losses          float64 (iteration,): the mini-batch loss of every iteration so far
-    /evaluation      model.h5 only: float64 (checkpoints, 6), one row per checkpoint, columns
-                     in its `columns` attribute (epoch, iteration, train/test accuracy and loss)
+    /evaluation      model.h5 only: float64 (checkpoints, 6 or 8), one row per checkpoint, columns
+                     in its `columns` attribute (epoch, iteration, train/test accuracy and loss,
+                     then validation accuracy and loss when the run holds out a validation split)
     attributes: iteration, epoch, minibatch_loss (the last batch's), epoch_mean_loss (mean over
                 the last epoch's batches; both absent at iteration 0), dataset, data_checksums,
                 inputs (sha256 of the files it was trained from), hyperparameters, rng_state
                 (numpy's bit_generator.state), all JSON; run_id, format_version, created_at
-                (ISO 8601, UTC), package_version
+                (ISO 8601, UTC), package_version; with a validation split also
+                validation_size, split_seed, validation_split_sha256 (split_digest of the held-out
+                indices) and, in model.h5, best_iteration, best_epoch, best_validation_accuracy
+                (the checkpoint of the best validation accuracy: best.h5 beside model.h5 is a copy
+                of it) and stopped_early (bool), stop_reason
 
 Every file appears complete or not at all (written beside, flushed, renamed).
 """
@@ -26,7 +31,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.atomic import atomic_path
 from pipeline.errors import CheckpointError
-from pipeline.evaluation import EPOCH_COLUMNS
+from pipeline.evaluation import EPOCH_COLUMNS, VALIDATION_COLUMNS, epoch_columns
 from pipeline.logs import logger
 from pipeline.network import PARAM_NAMES
 
@@ -65,12 +70,13 @@ def checkpoint_path(checkpoint_dir, iteration):
 
 
 def save_checkpoint(path, *, params, iteration, epoch, losses, rng_state, hyperparameters, dataset,
-                    data_checksums, run_id, inputs, per_epoch=1, evaluation=None):
+                    data_checksums, run_id, inputs, per_epoch=1, evaluation=None, attrs=None):
     """Write one checkpoint (or, with evaluation rows, a model file) atomically.
 
     params: W1 (input, hidden), b1 (hidden,), W2 (hidden, classes), b2 (classes,), in their own
     dtype; losses: (iteration,) mini-batch losses; rng_state: bit_generator.state; inputs:
-    {label: sha256}; evaluation: rows of EPOCH_COLUMNS. Refuses (CheckpointError), before
+    {label: sha256}; evaluation: rows of EPOCH_COLUMNS (and VALIDATION_COLUMNS); attrs: more
+    attributes (numbers, strings, bools), e.g. the validation split's. Refuses (CheckpointError), before
     writing anything, non-finite weights and a loss history whose length is not iteration.
     """
     for key in PARAM_NAMES:
@@ -100,6 +106,7 @@ def save_checkpoint(path, *, params, iteration, epoch, losses, rng_state, hyperp
             "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "package_version": __version__,
             "inputs": _json(inputs),
+            **(attrs or {}),
         })
 
 
@@ -109,9 +116,10 @@ def _write_layout(f, params, losses, evaluation, attrs):
         group.create_dataset(key, data=params[key])
     f.create_dataset("losses", data=losses)
     if evaluation is not None:
+        columns = epoch_columns(evaluation)
         table = f.create_dataset("evaluation", data=np.array(
-            [[row[c] for c in EPOCH_COLUMNS] for row in evaluation], dtype=np.float64).reshape(-1, len(EPOCH_COLUMNS)))
-        table.attrs["columns"] = ",".join(EPOCH_COLUMNS)
+            [[row[c] for c in columns] for row in evaluation], dtype=np.float64).reshape(-1, len(columns)))
+        table.attrs["columns"] = ",".join(columns)
     f.attrs.update(attrs)
 
 
@@ -150,9 +158,11 @@ def _evaluation(f):
     if "evaluation" not in f:
         return None
     table = f["evaluation"]
-    if table.attrs.get("columns") != ",".join(EPOCH_COLUMNS) or table.ndim != 2:
+    columns = next((c for c in (EPOCH_COLUMNS, EPOCH_COLUMNS + VALIDATION_COLUMNS)
+                    if _plain(table.attrs.get("columns")) == ",".join(c)), None)
+    if columns is None or table.ndim != 2 or table.shape[1] != len(columns):
         raise ValueError("its evaluation table does not have the expected columns")
-    return [{c: int(v) if c == "iteration" else float(v) for c, v in zip(EPOCH_COLUMNS, row)} for row in table[()]]
+    return [{c: int(v) if c == "iteration" else float(v) for c, v in zip(columns, row)} for row in table[()]]
 
 
 def _check_layout(path, f):

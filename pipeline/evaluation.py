@@ -4,6 +4,7 @@ Every figure is added up from chunks of rows in chunk order, so its bits do not 
 which thread evaluated which chunk.
 """
 
+import itertools
 import queue
 import threading
 
@@ -14,6 +15,15 @@ from pipeline.network import predict
 
 CHUNK_ROWS = 10000
 EPOCH_COLUMNS = ("epoch", "iteration", "train_accuracy", "test_accuracy", "train_loss", "test_loss")
+VALIDATION_COLUMNS = ("validation_accuracy", "validation_loss")  # after EPOCH_COLUMNS, with a validation split
+VALIDATION = 2  # the index of the validation split among an evaluator's splits (train, test, validation)
+
+
+def epoch_columns(rows):
+    """The columns of these evaluation rows: EPOCH_COLUMNS, then VALIDATION_COLUMNS when the
+    first row has them (every row of one run has the same columns)."""
+    rows = list(rows)
+    return EPOCH_COLUMNS + (VALIDATION_COLUMNS if rows and VALIDATION_COLUMNS[0] in rows[0] else ())
 
 
 def evaluate(params, x, t, chunk_size=CHUNK_ROWS):
@@ -60,13 +70,25 @@ class BackgroundEvaluator:
     submit(epoch, iteration, params) queues one snapshot (params must not change after);
     results() returns its rows in the order submitted, the calling thread taking a share of
     the chunks still queued, and raises the first error of any chunk.
+
+    With validation_rows (int indices into x_train/t_train: the held-out images), each row
+    also has validation_accuracy and validation_loss, the train figures cover train_rows
+    only (None: every row), and validation_rows() gives every snapshot's validation figures
+    as soon as they are ready: their chunks run before any other, and the calling thread
+    helps with them. Without it, rows hold exactly EPOCH_COLUMNS.
     """
 
-    def __init__(self, x_train, t_train, x_test, t_test, n_classes, chunk_size=CHUNK_ROWS):
-        self.splits = [(x, to_indices(t, n_classes)) for x, t in ((x_train, t_train), (x_test, t_test))]
-        self.spans = [_spans(x.shape[0], chunk_size) for x, _ in self.splits]  # the chunks of each split
+    def __init__(self, x_train, t_train, x_test, t_test, n_classes, chunk_size=CHUNK_ROWS, *,
+                 train_rows=None, validation_rows=None):
+        train_labels = to_indices(t_train, n_classes)
+        self.splits = [(x_train, train_labels, train_rows), (x_test, to_indices(t_test, n_classes), None)]
+        if validation_rows is not None:
+            self.splits.append((x_train, train_labels, np.asarray(validation_rows, dtype=np.intp)))
+        self.spans = [_spans(x.shape[0] if rows is None else len(rows), chunk_size)
+                      for x, _, rows in self.splits]  # the chunks of each split
         self.snapshots = []  # (epoch, iteration, [[chunk result] per split])
-        self.jobs = queue.SimpleQueue()
+        self.jobs = queue.PriorityQueue()  # (priority, sequence, job): validation chunks first, None last
+        self.sequence = itertools.count()
         self.pending = 0
         self.error = None
         self.done = threading.Condition()
@@ -78,37 +100,64 @@ class BackgroundEvaluator:
         self.snapshots.append((epoch, iteration, results))
         with self.done:
             self.pending += sum(len(spans) for spans in self.spans)
-        for k, spans in enumerate(self.spans):
-            for i, span in enumerate(spans):
-                self.jobs.put((params, k, i, span, results))
+        for k in sorted(range(len(self.spans)), key=lambda k: k != VALIDATION):
+            for i, span in enumerate(self.spans[k]):
+                self.jobs.put((0 if k == VALIDATION else 1, next(self.sequence), (params, k, i, span, results)))
 
     def results(self):
-        """[row] for every snapshot submitted, each a dict of EPOCH_COLUMNS."""
-        while True:
-            try:
-                job = self.jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:
-                self.jobs.put(None)
-                break
-            self._run(job)
+        """[row] for every snapshot submitted, each a dict of EPOCH_COLUMNS (and VALIDATION_COLUMNS)."""
+        self._help(lambda priority: True)
         with self.done:
             self.done.wait_for(lambda: self.pending == 0 or self.error is not None)
         if self.error is not None:
             raise self.error
         return [_row(epoch, iteration, results, self.splits) for epoch, iteration, results in self.snapshots]
 
+    def validation_rows(self):
+        """[{epoch, iteration, validation_accuracy, validation_loss}] of every snapshot submitted,
+        waiting for the figures still being computed; [] without a validation set."""
+        if len(self.splits) <= VALIDATION:
+            return []
+        self._help(lambda priority: priority == 0)
+
+        def ready():
+            return all(None not in results[VALIDATION] for _, _, results in self.snapshots)
+
+        with self.done:
+            self.done.wait_for(lambda: ready() or self.error is not None)
+        if self.error is not None:
+            raise self.error
+        rows = self.splits[VALIDATION][2]
+        return [{"epoch": float(epoch), "iteration": int(iteration),
+                 **dict(zip(VALIDATION_COLUMNS, _combine(results[VALIDATION], len(rows))))}
+                for epoch, iteration, results in self.snapshots]
+
+    def _help(self, wanted):
+        """Run queued jobs on the calling thread while the next one is `wanted` (by its priority)."""
+        while True:
+            try:
+                item = self.jobs.get_nowait()
+            except queue.Empty:
+                return
+            if item[2] is None or not wanted(item[0]):
+                self.jobs.put(item)
+                return
+            self._run(item[2])
+
     def _work(self):
-        while (job := self.jobs.get()) is not None:
+        while (job := self.jobs.get()[2]) is not None:
             self._run(job)
 
     def _run(self, job):
         params, k, i, (start, stop), results = job
-        x, labels = self.splits[k]
+        x, labels, rows = self.splits[k]
         try:
-            predictions, log_p_sum = _chunk(params, x[start:stop], labels[start:stop])
-            results[k][i] = (np.count_nonzero(predictions == labels[start:stop]), log_p_sum)
+            if rows is None:
+                chunk_x, chunk_labels = x[start:stop], labels[start:stop]
+            else:
+                chunk_x, chunk_labels = x[rows[start:stop]], labels[rows[start:stop]]
+            predictions, log_p_sum = _chunk(params, chunk_x, chunk_labels)
+            results[k][i] = (np.count_nonzero(predictions == chunk_labels), log_p_sum)
         except BaseException as error:  # handed to results(), which would otherwise wait forever
             with self.done:
                 self.error = self.error or error
@@ -119,7 +168,7 @@ class BackgroundEvaluator:
             self.done.notify_all()
 
     def close(self):
-        self.jobs.put(None)
+        self.jobs.put((2, next(self.sequence), None))
         self.thread.join()
 
     def __enter__(self):
@@ -130,8 +179,12 @@ class BackgroundEvaluator:
 
 
 def _row(epoch, iteration, results, splits):
-    (train_accuracy, train_loss), (test_accuracy, test_loss) = (
-        _combine(chunks, labels.shape[0]) for chunks, (_, labels) in zip(results, splits))
-    return {"epoch": float(epoch), "iteration": int(iteration), "train_accuracy": train_accuracy,
-            "test_accuracy": test_accuracy, "train_loss": train_loss, "test_loss": test_loss}
+    figures = [_combine(chunks, labels.shape[0] if rows is None else len(rows))
+               for chunks, (_, labels, rows) in zip(results, splits)]
+    (train_accuracy, train_loss), (test_accuracy, test_loss) = figures[:2]
+    row = {"epoch": float(epoch), "iteration": int(iteration), "train_accuracy": train_accuracy,
+           "test_accuracy": test_accuracy, "train_loss": train_loss, "test_loss": test_loss}
+    if len(figures) > VALIDATION:
+        row.update(zip(VALIDATION_COLUMNS, figures[VALIDATION]))
+    return row
 

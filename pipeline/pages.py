@@ -605,6 +605,9 @@ _RUN_COLUMNS = (  # key, header, sort type
     ("sampling", "sampling", "text"), ("final_train_accuracy", "final train accuracy", "number"),
     ("final_test_accuracy", "final test accuracy", "number"), ("finished_at", "finished (UTC)", "number"))
 BEST_COLUMN = "best test accuracy (epoch; chosen on the test set)"
+VALIDATION_BEST_COLUMNS = (  # a sweep with a validation split: key, header
+    ("best_validation_accuracy", "best validation accuracy (epoch)"),
+    ("test_accuracy_at_best_epoch", "test accuracy at that epoch (chosen on validation)"))
 
 _SCRIPT = r"""<script>
 (function () {
@@ -758,8 +761,10 @@ def _runs_table(runs, *, choose=False, best=False, rank=False):
         heads.append(f'<th{cls} data-key="{key}" data-type="{kind}" aria-sort="none" scope="col">'
                      f'<button type="button">{_esc(header)}</button></th>')
         if best and key == "final_test_accuracy":
-            heads.append(f'<th class="num" data-key="best_test_accuracy" data-type="number" aria-sort="none" '
-                         f'scope="col"><button type="button">{_esc(BEST_COLUMN)}</button></th>')
+            for best_key, header in (VALIDATION_BEST_COLUMNS if best == "validation" else
+                                     (("best_test_accuracy", BEST_COLUMN),)):
+                heads.append(f'<th class="num" data-key="{best_key}" data-type="number" aria-sort="none" '
+                             f'scope="col"><button type="button">{_esc(header)}</button></th>')
     rows = []
     for index, (position, row) in enumerate(runs):
         cells = []
@@ -770,7 +775,13 @@ def _runs_table(runs, *, choose=False, best=False, rank=False):
                          f'aria-label="compare {_esc(row.get("run_id"))}"></td>')
         for key, _, _ in columns:
             cells.append(_run_cell(key, row))
-            if best and key == "final_test_accuracy":
+            if best == "validation" and key == "final_test_accuracy":
+                accuracy, epoch = row.get("best_validation_accuracy"), row.get("best_epoch")
+                text = f"{_fixed(accuracy)} ({_epoch_text(epoch)})" if _is_number(accuracy) else "—"
+                cells.append(_td(accuracy, text, "best_validation_accuracy", extra=f' data-epoch="{_esc(_exact(epoch))}"'))
+                cells.append(_td(row.get("test_accuracy_at_best_epoch"), _fixed(row.get("test_accuracy_at_best_epoch")),
+                                 "test_accuracy_at_best_epoch"))
+            elif best and key == "final_test_accuracy":
                 accuracy, epoch = _best(row.get("curve"))
                 text = f"{_fixed(accuracy)} ({_epoch_text(epoch)})" if accuracy is not None else "—"
                 cells.append(_td(accuracy, text, "best_test_accuracy", extra=f' data-epoch="{_esc(_exact(epoch))}"'))
@@ -823,11 +834,18 @@ def index_page(runs: list) -> str:
     return _page("mnist-pipeline runs", body, _SCRIPT)
 
 
+def _validated(runs):
+    return bool(runs) and all(_finite(row.get("best_validation_accuracy")) for row in runs)
+
+
 def _sweep_series(runs):
-    """(runs ranked best final test accuracy first as (index, row), their curves, the fitted
+    """(runs ranked as (index, row): by best validation accuracy when every row has one, in the
+    order given among equals, else best final test accuracy first; their curves, the fitted
     y range, whether it leaves points below it)."""
+    key = "best_validation_accuracy" if _validated(runs) else "final_test_accuracy"
+
     def order(item):
-        value = item[1].get("final_test_accuracy")
+        value = item[1].get(key)
         return (0, -float(value)) if _finite(value) else (1, 0.0)
 
     ranked = sorted(enumerate(runs), key=order)
@@ -845,18 +863,26 @@ def sweep_plot(runs: list, standalone=False) -> str:
 
 
 def sweep_page(sweep_id: str, runs: list) -> str:
-    """The page of one sweep: its runs (rows as for index_page), best final test accuracy
-    first, with each run's best test accuracy and its epoch (labelled as chosen on the test
-    set: there is no validation split), and all test-accuracy curves on one plot whose y
-    axis fits the data."""
+    """The page of one sweep: its runs (rows as for index_page), all test-accuracy curves on one
+    plot whose y axis fits the data, and the runs' ranking. Rows of a sweep with a validation
+    split (best_validation_accuracy, best_epoch, test_accuracy_at_best_epoch, as
+    pipeline.sweep gives them) are ranked by best validation accuracy and show the test
+    accuracy of that epoch; otherwise best final test accuracy first, with each run's best
+    test accuracy and its epoch, labelled as chosen on the test set."""
     ranked, _, _, below = _sweep_series(runs)
     plot = sweep_plot(runs)
+    validated = _validated(runs)
+    order = "ranked by best validation accuracy" if validated else "best final test accuracy first"
+    note = ('<p class="note">Each run\'s epoch is the one of its best accuracy on training images held out of '
+            'training (the same ones for every run); the test accuracy shown is that epoch\'s, read for reporting '
+            'only: the test set chose neither the run nor the epoch.</p>' if validated else
+            '<p class="note">There is no validation split: the "best test accuracy" column picks the epoch '
+            'by looking at the test set itself, so it overstates how that model would do on new data. '
+            'The final test accuracy, of the model training ended with, was not chosen that way. '
+            'Sweep with <code>--validation-size</code> to choose on held-out training images instead.</p>')
     body = (f'<h1 id="sweep-id" data-value="{_esc(sweep_id)}">{_esc(sweep_id)}</h1>'
             f'<p class="meta" id="run-count" data-value="{len(ranked)}">{len(ranked)} runs, '
-            'best final test accuracy first. Click a column\'s header to sort by it.</p>'
-            + _runs_table(ranked, best=True, rank=True)
-            + '<p class="note">There is no validation split: the "best test accuracy" column picks the epoch '
-              'by looking at the test set itself, so it overstates how that model would do on new data. '
-              'The final test accuracy, of the model training ended with, was not chosen that way.</p>'
+            f'{order}. Click a column\'s header to sort by it.</p>'
+            + _runs_table(ranked, best="validation" if validated else True, rank=True) + note
             + f'<h2>Test accuracy per epoch</h2>{plot}{_below_note(below)}')
     return _page(f"{sweep_id} — mnist-pipeline sweep", body, _SCRIPT)

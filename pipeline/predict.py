@@ -96,7 +96,10 @@ def load_model(path):
         if problem:
             raise CheckpointError(f"{path / 'model.h5'} is not the run's trained model ({problem}): rerun the "
                                   f"run's command to train it")
-        path = path / "model.h5"
+        best = path / "best.h5"  # with a validation split: the checkpoint of the best validation accuracy
+        path = best if best.is_file() else path / "model.h5"
+        if path == best:
+            print(f"using {best}: the epoch of the best validation accuracy", file=sys.stderr)
     if not os.path.lexists(path):
         raise _Missing(f"{path}: no such model file; give a model.h5 or a run directory")
     loaded = checkpoint.load_checkpoint(path)

@@ -37,12 +37,15 @@ def one_hot(labels, n_classes=10):
     return encoded
 
 
-def write_images(path, x_train, x_test, *, dataset, source_sha256):
-    """x_train (n, 784), x_test (m, 784) float32 in [0, 1]; source_sha256 {IDX file name: hex}."""
+def write_images(path, x_train, x_test, *, dataset, source_sha256, framing=None):
+    """x_train (n, 784), x_test (m, 784) float32 in [0, 1]; source_sha256 {IDX file name: hex};
+    framing: how a picture is made into one of these images (pipeline.picture.FRAMINGS)."""
     with h5py.File(path, "w") as f:
         f.create_dataset("train", data=x_train)
         f.create_dataset("test", data=x_test)
         _describe(f, dataset, source_sha256)
+        if framing:
+            f.attrs["framing"] = framing
 
 
 def write_labels(path, train_labels, test_labels, train_one_hot, test_one_hot, *, dataset, source_sha256):

@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline import __version__, pages
 from pipeline.atomic import write_atomically
-from pipeline.evaluation import EPOCH_COLUMNS
+from pipeline.evaluation import EPOCH_COLUMNS, epoch_columns
 
 CLASS_NAMES = {
     "mnist": [str(k) for k in range(10)],
@@ -77,7 +77,7 @@ def write_report(report_dir, report):
     """Write the report's files into report_dir; returns {name: path} of what was written."""
     report_dir = Path(report_dir)
     run_id, epochs = report["run_id"], report["epochs"]
-    final = {key: report["final"][key] for key in EPOCH_COLUMNS}
+    final = {key: report["final"][key] for key in epoch_columns(epochs)}
     contents = {
         **pages.plots(report),
         "accuracy.csv": _epochs_csv(epochs),
@@ -103,18 +103,20 @@ def _json(obj):
 
 
 def _epoch_row(index, row):
+    columns = epoch_columns([row])  # and the validation figures, when the run has a validation split
     try:
-        return {key: int(row[key]) if key == "iteration" else float(row[key]) for key in EPOCH_COLUMNS}
+        return {key: int(row[key]) if key == "iteration" else float(row[key]) for key in columns}
     except KeyError as error:
-        raise ValueError(f"epoch row {index} lacks {error}; rows need {', '.join(EPOCH_COLUMNS)}") from None
+        raise ValueError(f"epoch row {index} lacks {error}; rows need {', '.join(columns)}") from None
 
 
 def _epochs_csv(epochs):
+    columns = epoch_columns(epochs)
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=EPOCH_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in epochs:
-        writer.writerow({key: (f"{row[key]:.6g}" if key == "epoch" else row[key]) for key in EPOCH_COLUMNS})
+        writer.writerow({key: (f"{row[key]:.6g}" if key == "epoch" else row[key]) for key in columns})
     return out.getvalue()
 
 

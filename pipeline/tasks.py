@@ -32,10 +32,12 @@ from pipeline.errors import DataError, GradientCheckError, ParameterError, Pipel
 from pipeline.evaluation import BackgroundEvaluator, confusion_matrix, evaluate
 from pipeline.gradient_check import check_rows, gradient_check_report
 from pipeline.network import TwoLayerNet
+from pipeline.picture import FRAMINGS, default_framing
 from pipeline.params import (Choice, DatasetName, Directory, Number, NumberList, RunDate, WholeNumber, from_config,
                              sources)
 from pipeline.sweep import write_sweep_summary
-from pipeline.training import DTYPES, SAMPLINGS, checkpoint_iterations, iterations_per_epoch, train
+from pipeline.training import (DTYPES, SAMPLINGS, EarlyStopping, checkpoint_iterations, iterations_per_epoch,
+                               split_digest, train, training_rows, validation_split)
 
 # [paths] and [training] hold settings shared by every task; luigi warns that it prefers a
 # section per task. One section per setting is what we want.
@@ -120,6 +122,12 @@ class PipelineTask(luigi.Task):
     cache_dir = luigi.Parameter(
         default="cache", significant=False, visibility=HIDDEN, config_path=from_config("paths", "cache_dir"),
         description="With a bucket for data or artifacts: this worker's local copies of what it reads and writes.")
+    framing = Choice(
+        default="auto", choices=("auto", *FRAMINGS), significant=False, visibility=HIDDEN,
+        config_path=from_config("data", "framing"),
+        description="How a picture is made into this dataset's 28x28 input: mnist (the figure's longer side 20 px, "
+                    "centred by mass), fill (scaled to fill 28 px, centred), or auto (fill for fashion-mnist, "
+                    "else mnist). Recorded in images.h5 and the model.")
     lease_seconds = Number(
         default=60.0, significant=False, visibility=HIDDEN, config_path=from_config("paths", "lease_seconds"),
         description="With a bucket: how long a task's lock in the bucket outlives a worker that died holding it.")
@@ -340,7 +348,20 @@ class NormalizeImages(_ProcessTask):
 
     def write(self, path, train, test, checksums):
         processed.write_images(path, processed.normalize_images(train), processed.normalize_images(test),
-                               dataset=self.dataset, source_sha256=checksums)
+                               dataset=self.dataset, source_sha256=checksums, framing=self.chosen_framing())
+
+    def chosen_framing(self):
+        return default_framing(self.dataset) if self.framing == "auto" else self.framing
+
+    def stale_reason(self):
+        reason = super().stale_reason()
+        framing = (self.record() or {}).get("framing")
+        if reason is None and framing != self.chosen_framing():
+            reason = f"made for the framing {framing}, not {self.chosen_framing()}"
+        return reason
+
+    def facts(self):
+        return {"framing": self.chosen_framing()}
 
 
 class EncodeLabels(_ProcessTask):
@@ -381,6 +402,18 @@ class RunTask(PipelineTask):
                       description="with-replacement (independent batches) or shuffle (a permutation per epoch).")
     date = RunDate(default=None, description="A date (YYYY-MM-DD) that is part of the run's identity: a "
                                              "scheduled job's fresh run per day. Unset: no date.")
+    validation_size = WholeNumber(
+        default=0, minimum=0, config_path=from_config("training", "validation_size"),
+        description="Training images held out (class-stratified) to choose epochs and runs by; training draws "
+                    "from the rest. 0: none, the book's setup.")
+    split_seed = WholeNumber(
+        default=0, minimum=0, maximum=2**63 - 1, config_path=from_config("training", "split_seed"),
+        description="Seed of the validation split (not the run's seed): runs with the same one hold out the "
+                    "same images.")
+    patience = WholeNumber(
+        default=0, minimum=0, config_path=from_config("training", "patience"),
+        description="Stop when validation accuracy has not improved for this many epochs (0: never). Needs "
+                    "validation_size.")
     blas_threads = WholeNumber(
         default=1, significant=False, visibility=HIDDEN, config_path=from_config("training", "blas_threads"),
         description="Threads of the matrix library. The last bits of a result depend on it: resume with the "
@@ -395,9 +428,12 @@ class RunTask(PipelineTask):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.patience and not self.validation_size:
+            raise ParameterError(f"invalid patience={self.patience}: early stopping needs a validation split; "
+                                 f"give --validation-size too, or --patience 0")
         train_size = known_train_size(self.dataset)
         if train_size is not None:
-            check_fits_data(self.batch_size, self.iterations, train_size)
+            check_fits_data(self.batch_size, self.iterations, train_size, self.validation_size)
 
     @functools.cached_property
     def artifacts_root(self):
@@ -425,6 +461,10 @@ class RunTask(PipelineTask):
             "sampling", "seed")}
         if self.date is not None:
             identity["date"] = self.date.isoformat()
+        if self.validation_size:  # absent at 0: the runs without a split keep their names
+            identity.update(validation_size=self.validation_size, split_seed=self.split_seed)
+        if self.patience:
+            identity["patience"] = self.patience
         return identity
 
     @property
@@ -460,10 +500,15 @@ class RunTask(PipelineTask):
         return images, labels
 
 
-def check_fits_data(batch_size, iterations, train_size):
-    """ParameterError unless the batch fits the training set and the run lasts one epoch at least."""
+def check_fits_data(batch_size, iterations, train_size, validation_size=0):
+    """ParameterError unless the batch fits the training images left after the validation split
+    and the run lasts one epoch of them at least."""
     if train_size < 1:
         raise ParameterError("the training set is empty: give a dataset with training images")
+    if validation_size and validation_size > train_size - batch_size:
+        raise ParameterError(f"invalid validation_size={validation_size}: must leave a batch ({batch_size}) of the "
+                             f"{train_size} training images to train on (at most {max(train_size - batch_size, 0)})")
+    train_size -= validation_size
     if batch_size > train_size:
         raise ParameterError(f"invalid batch_size={batch_size}: must be at most the {train_size} training images")
     per_epoch = iterations_per_epoch(train_size, batch_size)
@@ -529,7 +574,8 @@ class TrainNetwork(RunTask):
         return {**self.data_inputs(), **_recorded(self.requires()["gradient_check"], "gradient_check.json")}
 
     def leftovers(self):
-        return super().leftovers() + temporaries_of(self.run_dir / "checkpoints" / "iter-*.h5")
+        return (super().leftovers() + temporaries_of(self.run_dir / "checkpoints" / "iter-*.h5")
+                + temporaries_of(self.run_dir / "best.h5"))
 
     def checkpoint_record(self, path):
         return storage.join(storage.parent(self.record_location()), "checkpoints", path.stem + ".json")
@@ -553,43 +599,89 @@ class TrainNetwork(RunTask):
         images, labels = self.load_data()
         x_train, t_train = images["train"], labels["train_labels"]
         n_classes = labels["train_one_hot"].shape[1]
-        check_fits_data(self.batch_size, self.iterations, x_train.shape[0])
+        check_fits_data(self.batch_size, self.iterations, x_train.shape[0], self.validation_size)
         inputs = {label: entry["sha256"] for label, (_, entry) in self.record_inputs().items()}
-        per_epoch = iterations_per_epoch(x_train.shape[0], self.batch_size)
-        iterations = checkpoint_iterations(x_train.shape[0], self.batch_size, self.iterations)
+        held_out, train_rows, split = self.split(t_train)
+        if split:  # a checkpoint trained beside other held-out images is not resumed from
+            inputs["validation_split"] = split["validation_split_sha256"]
+        train_size = x_train.shape[0] if train_rows is None else len(train_rows)
+        per_epoch = iterations_per_epoch(train_size, self.batch_size)
+        iterations = checkpoint_iterations(train_size, self.batch_size, self.iterations)
         folder = self.run_dir / "checkpoints"
         kept = checkpoint.valid_prefix(folder, iterations, self.run_id, inputs, trusted=self.trusted)
         network, rng, start, losses = self.start_from(kept, x_train.shape[1], n_classes)
         save = dict(hyperparameters=self.hyperparameters(), dataset=self.dataset, run_id=self.run_id, inputs=inputs,
                     data_checksums=images["attrs"].get("source_sha256", {}), per_epoch=per_epoch)
+        attrs = {**(split or {}), "framing": self.framing_of(images)}  # a checkpoint says how pictures fit it
 
         def on_checkpoint(iteration, losses_so_far):
             path = checkpoint.checkpoint_path(folder, iteration)
             checkpoint.save_checkpoint(path, params=network.params, iteration=iteration, epoch=iteration / per_epoch,
-                                       losses=losses_so_far, rng_state=rng.bit_generator.state, **save)
+                                       losses=losses_so_far, rng_state=rng.bit_generator.state, attrs=attrs, **save)
             entry = lineage.describe(path, self.artifacts_root.publish(path, self.lease))
             storage.write_bytes(self.checkpoint_record(path), json.dumps(entry), lease=self.lease)
             evaluator.submit(iteration / per_epoch, iteration, network.params)
             self.report_progress(iteration, per_epoch, losses_so_far)
 
-        with BackgroundEvaluator(x_train, t_train, images["test"], labels["test_labels"], n_classes) as evaluator:
+        stopper = EarlyStopping(self.patience)  # with a split: the best epoch by validation; stops with patience
+
+        def should_stop(iteration):  # decided from the validation figures of every checkpoint so far
+            return stopper.observe(evaluator.validation_rows())
+
+        with BackgroundEvaluator(x_train, t_train, images["test"], labels["test_labels"], n_classes,
+                                 train_rows=train_rows, validation_rows=held_out) as evaluator:
             for c in kept:  # figures of checkpoints made before an interruption
                 evaluator.submit(c.epoch, c.iteration, c.params)
             losses = train(network, x_train, t_train, batch_size=self.batch_size, learning_rate=self.learning_rate,
                            iterations=self.iterations, sampling=self.sampling, rng=rng, start_iteration=start,
-                           losses=losses, on_checkpoint=on_checkpoint)
+                           losses=losses, on_checkpoint=on_checkpoint, train_rows=train_rows,
+                           should_stop=should_stop if self.patience else None)
             rows = evaluator.results()
-        checkpoint.save_checkpoint(
-            self.output().path, params=network.params, iteration=self.iterations, epoch=self.iterations / per_epoch,
-            losses=losses, rng_state=rng.bit_generator.state, evaluation=rows, **save)
+        trained_to = len(losses)  # self.iterations unless stopped early
+        outputs, model_attrs = {"model.h5": self.output().path}, dict(attrs)
+        if split:
+            stopper.observe(rows)
+            logger.info("%s: %s", self.run_id, stopper.reason())
+            model_attrs.update(best_iteration=stopper.best["iteration"], best_epoch=stopper.best["epoch"],
+                               best_validation_accuracy=stopper.best["validation_accuracy"],
+                               stopped_early=stopper.stopped, stop_reason=stopper.reason())
+            best = self.run_dir / "best.h5"  # the checkpoint of the best validation accuracy, kept whatever keep_last
+            with atomic_path(best) as temporary:
+                shutil.copyfile(checkpoint.checkpoint_path(folder, stopper.best["iteration"]), temporary)
+            outputs["best.h5"] = best
+        checkpoint.save_checkpoint(self.output().path, params=network.params, iteration=trained_to,
+                                   epoch=trained_to / per_epoch, losses=losses, rng_state=rng.bit_generator.state,
+                                   evaluation=rows, attrs=model_attrs, **save)
+        iterations = [i for i in iterations if i <= trained_to]
         kept = kept_checkpoints(iterations, per_epoch, self.keep_last, self.keep_every)
         for iteration in iterations:
             if iteration not in kept:  # on the disk and in the bucket alike
                 path = checkpoint.checkpoint_path(folder, iteration)
                 self.artifacts_root.delete(path, self.lease)
                 storage.delete(self.checkpoint_record(path), lease=self.lease)
-        return {"model.h5": self.output().path,
-                **{f"checkpoints/{p.name}": p for p in (checkpoint.checkpoint_path(folder, i) for i in kept)}}
+        return {**outputs, **{f"checkpoints/{p.name}": p for p in (checkpoint.checkpoint_path(folder, i) for i in kept)}}
+
+    def framing_of(self, images):
+        """How pictures are made into this model's inputs: as its dataset's images were framed."""
+        return images["attrs"].get("framing") or default_framing(self.dataset)
+
+    def split(self, t_train):
+        """(held-out indices, training rows, attributes recording the split), or (None, None, None)
+        without a validation split. The same labels, size and split_seed give the same split in every run."""
+        if not self.validation_size:
+            return None, None, None
+        held_out = validation_split(np.asarray(t_train), self.validation_size, self.split_seed)
+        self.split_record = {"size": self.validation_size, "split_seed": self.split_seed,
+                             "sha256": split_digest(held_out)}
+        logger.info("%s: holding out %d training images for validation (split sha256 %s)", self.run_id,
+                    len(held_out), self.split_record["sha256"])
+        return held_out, training_rows(len(t_train), held_out), {
+            "validation_size": self.validation_size, "split_seed": self.split_seed,
+            "validation_split_sha256": self.split_record["sha256"]}
+
+    def facts(self):
+        record = getattr(self, "split_record", None)
+        return {"validation_split": record} if record else {}
 
     def start_from(self, kept, input_size, n_classes):
         """(network, rng, start iteration, losses so far): from the last kept checkpoint, or fresh."""
@@ -734,7 +826,8 @@ class Sweep(RunTask):
         train_size = known_train_size(self.dataset)
         for combination in self.combinations():
             if train_size is not None:
-                check_fits_data(combination["batch_size"], combination["iterations"], train_size)
+                check_fits_data(combination["batch_size"], combination["iterations"], train_size,
+                                combination["validation_size"])
 
     def combinations(self):
         """The run parameters of every run in the sweep, in a fixed order, each once."""
@@ -763,6 +856,11 @@ class Sweep(RunTask):
     def make(self):
         reports = [report.read_report(target.path.parent) for target in self.input()]
         rows, files = write_sweep_summary(self.output().path.parent, self.sweep_id, reports)
-        logger.info("%s: %d runs; best %s with test accuracy %.4f", self.sweep_id, len(rows),
-                    rows[0]["run_id"], rows[0]["final_test_accuracy"])
+        if self.validation_size:
+            logger.info("%s: %d runs; best by validation %s (epoch %.4g, validation accuracy %.4f), its test "
+                        "accuracy there %.4f", self.sweep_id, len(rows), rows[0]["run_id"], rows[0]["best_epoch"],
+                        rows[0]["best_validation_accuracy"], rows[0]["test_accuracy_at_best_epoch"])
+        else:
+            logger.info("%s: %d runs; best %s with test accuracy %.4f", self.sweep_id, len(rows),
+                        rows[0]["run_id"], rows[0]["final_test_accuracy"])
         return files

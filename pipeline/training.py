@@ -2,9 +2,11 @@
 
 train() runs the loop; FastSGD is its one fast step. The caller saves checkpoints from a
 callback and resumes from a state it is given back: same start state, same data, same
-machine, same bits.
+machine, same bits. validation_split() holds training images out for model selection;
+EarlyStopping decides from their accuracy when to stop.
 """
 
+import hashlib
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -18,6 +20,94 @@ SAMPLINGS = ("with-replacement", "shuffle")
 DTYPES = ("float32", "float64")
 MAX_WEIGHT = 1e6  # a weight past this means training has diverged, even if it is still finite
 LOSS_GROWTH = 2.0  # an epoch's mean loss this many times the first batch's loss: diverged
+
+
+def validation_split(labels, size, seed):
+    """The held-out validation images: sorted int64 indices (size,) into labels (n,) integers.
+
+    Stratified: class c gets floor(size * n_c / n) images, and the rest of size goes one each
+    to the classes with the largest remainders (ties: the lower class). Within each class the
+    images are drawn by numpy.random.default_rng(seed), classes in ascending order, so the
+    same labels, size and seed always give the same indices. ValueError unless
+    0 <= size < n and labels are non-negative integers."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
+        raise ValueError(f"labels must be a 1-d array of integers, not {labels.dtype} of shape {labels.shape}")
+    n = labels.shape[0]
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 0 <= size < n:
+        raise ValueError(f"invalid validation size {size!r}: must be a whole number from 0 to {n - 1} "
+                         f"(the {n} training images)")
+    if n and labels.min() < 0:
+        raise ValueError("labels must be non-negative class indices")
+    counts = np.bincount(labels) if n else np.zeros(0, np.int64)
+    shares = [int(size) * int(c) for c in counts]  # exact integers: no rounding differs between machines
+    taken = [share // n for share in shares]
+    by_remainder = sorted(range(len(counts)), key=lambda c: (-(shares[c] % n), c))
+    for c in by_remainder[:int(size) - sum(taken)]:
+        taken[c] += 1
+    rng = np.random.default_rng(seed)
+    held_out = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in enumerate(taken)]
+    return np.sort(np.concatenate(held_out + [np.empty(0, np.int64)]).astype(np.int64))
+
+
+def split_digest(indices):
+    """sha256 hex of the indices as little-endian int64: names a held-out set exactly."""
+    return hashlib.sha256(np.ascontiguousarray(indices, dtype="<i8").tobytes()).hexdigest()
+
+
+def training_rows(n, held_out):
+    """The sorted int64 indices of 0..n-1 not in held_out: the images training draws from."""
+    keep = np.ones(n, dtype=bool)
+    keep[np.asarray(held_out, dtype=np.int64)] = False
+    return np.flatnonzero(keep).astype(np.int64)
+
+
+class EarlyStopping:
+    """The best validation accuracy so far and when to stop: after `patience` checkpoints in a
+    row without a strictly higher one (0: never). The earliest of equal bests is the best.
+
+    observe(rows) takes every row seen so far (dicts with epoch, iteration,
+    validation_accuracy; oldest first, as the evaluation gives them) and reads only the new
+    ones, so the same rows always lead to the same decision, also when a resumed run
+    recomputes them. Rows after the stop are ignored.
+    """
+
+    def __init__(self, patience):
+        self.patience = patience
+        self.seen = 0
+        self.best = None  # the row of the best validation accuracy
+        self.since_best = 0
+        self.stopped_at = None  # the row at which training stops
+
+    def observe(self, rows):
+        """Take the rows not yet seen; True once training should stop."""
+        for row in rows[self.seen:]:
+            self.seen += 1
+            if self.stopped_at is not None:
+                continue
+            if self.best is None or row["validation_accuracy"] > self.best["validation_accuracy"]:
+                self.best, self.since_best = row, 0
+            else:
+                self.since_best += 1
+                if self.patience and self.since_best >= self.patience:
+                    self.stopped_at = row
+        return self.stopped_at is not None
+
+    @property
+    def stopped(self):
+        return self.stopped_at is not None
+
+    def reason(self):
+        """One sentence: where training stopped and why (or that it did not stop early)."""
+        if self.best is None:
+            return "no validation figures yet"
+        best = (f"its best, {self.best['validation_accuracy']:.4f}, was at epoch {self.best['epoch']:.4g} "
+                f"(iteration {self.best['iteration']})")
+        if not self.stopped:
+            return f"validation accuracy: {best}"
+        stop = self.stopped_at
+        return (f"stopped early at epoch {stop['epoch']:.4g} (iteration {stop['iteration']}): validation accuracy "
+                f"has not improved for {self.patience} epochs; {best}")
 
 
 def iterations_per_epoch(train_size, batch_size):
@@ -111,19 +201,24 @@ class FastSGD:
 
 
 def train(network, x_train, t_train, *, batch_size, learning_rate, iterations, sampling, rng,
-          start_iteration=0, losses=None, on_checkpoint=None):
+          start_iteration=0, losses=None, on_checkpoint=None, train_rows=None, should_stop=None):
     """SGD on network.params from start_iteration up to `iterations`.
 
     x_train (n, input_size), any float dtype; t_train one-hot (n, classes) or integers (n,).
-    rng: the Generator drawing the batches, in its state at start_iteration; losses: the
-    mini-batch losses of iterations 1..start_iteration when resuming. "with-replacement"
-    draws each batch independently; "shuffle" walks a new permutation each epoch.
-    on_checkpoint(iteration, losses) is called at 0 (fresh start), each epoch boundary and
-    the end, with network.params (new arrays) and rng as a resume from there needs them.
-    Returns the (iterations,) float64 mini-batch losses, each before its update; raises
-    TrainingError when training diverges.
+    train_rows: the int indices of the rows training draws from (None: all n), e.g.
+    training_rows() of a validation split; an epoch is then ceil(len(train_rows) / batch)
+    iterations, and batches are drawn as positions into train_rows, so None and
+    arange(n) give the same bits. rng: the Generator drawing the batches, in its state at
+    start_iteration; losses: the mini-batch losses of iterations 1..start_iteration when
+    resuming. "with-replacement" draws each batch independently; "shuffle" walks a new
+    permutation each epoch. on_checkpoint(iteration, losses) is called at 0 (fresh start),
+    each epoch boundary and the end, with network.params (new arrays) and rng as a resume
+    from there needs them. should_stop(iteration), if given, is asked after each checkpoint
+    and at the iteration a resume starts from; True ends training there.
+    Returns the float64 mini-batch losses of the iterations run (each before its update):
+    (iterations,), or fewer when should_stop ended it; raises TrainingError when training diverges.
     """
-    train_size = x_train.shape[0]
+    train_size = x_train.shape[0] if train_rows is None else len(train_rows)
     per_epoch = iterations_per_epoch(train_size, batch_size)
     checkpoints = checkpoint_iterations(train_size, batch_size, iterations)
     labels = to_indices(t_train, network.sizes[2])
@@ -135,18 +230,24 @@ def train(network, x_train, t_train, *, batch_size, learning_rate, iterations, s
         history[:start_iteration] = losses[:start_iteration]
     elif on_checkpoint is not None:
         on_checkpoint(0, history[:0])
+    if should_stop is not None and should_stop(start_iteration):
+        return history[:start_iteration]
     sgd = FastSGD(network.params)
     with _RowGatherer(x_train, sgd.dtype) as gatherer:
         for first, stop in zip(checkpoints, checkpoints[1:]):
             if stop <= start_iteration:
                 continue
             batches = _draw_batches(rng, sampling, train_size, batch_size, per_epoch, first, stop)
+            if train_rows is not None:
+                batches = [train_rows[batch] for batch in batches]
             with np.errstate(invalid="ignore", divide="ignore"):  # checked just below
                 history[first:stop] = _steps(sgd, batches, labels, learning_rate, gatherer)
             network.params = sgd.params()
             _require_convergence(history, first, stop, per_epoch, network.params, learning_rate)
             if on_checkpoint is not None:
                 on_checkpoint(stop, history[:stop])
+            if should_stop is not None and should_stop(stop):
+                return history[:stop]
     return history
 
 
