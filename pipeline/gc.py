@@ -35,7 +35,7 @@ the pipeline writes there. plan() proposes, remove() removes:
 Held locks: a local lock file some process holds (flock), a lease object whose expiry lies
 ahead. While any lock of a root is held a pipeline is at work there: its unfinished runs,
 temporaries and staging directories are kept. Finished runs whose own task locks are held
-(named by task id from their runs.csv row, see run_task_ids) are kept as they are, and no old
+(named by their run id, see run_task_ids) are kept as they are, and no old
 run or sweep goes while a Sweep's lock is held. The notes of the plan say what was kept and why.
 Checks happen when planning; nothing is locked until remove().
 """
@@ -43,7 +43,6 @@ Checks happen when planning; nothing is locked until remove().
 import bisect
 import datetime
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -225,17 +224,8 @@ def _utc(seconds):
 
 
 def run_task_ids(row):
-    """Luigi task ids of a run's CheckGradient, TrainNetwork and EvaluateNetwork (which name
-    their locks), from its row of runs.csv: the run's significant parameters serialized as
-    luigi does (whole numbers, floats, the date or ''), named as luigi.task.task_id_str names
-    them (a test holds the two together)."""
-    params = {"dataset": row["dataset"], "dtype": row["dtype"], "sampling": row["sampling"],
-              "date": row.get("date") or ""}
-    params.update({key: str(int(row[key])) for key in ("hidden_size", "batch_size", "iterations", "seed")})
-    params.update({key: str(float(row[key])) for key in ("learning_rate", "weight_init_std")})
-    digest = hashlib.md5(json.dumps(params, separators=(",", ":"), sort_keys=True).encode()).hexdigest()[:10]
-    summary = re.sub(r"[^A-Za-z0-9_]", "_", "_".join(params[key][:16] for key in sorted(params)[:3]))
-    return [f"{family}_{summary}_{digest}" for family in RUN_TASKS]
+    """The names of the leases of a run's CheckGradient, TrainNetwork and EvaluateNetwork."""
+    return [runs.lock_name(family, row["dataset"], row["run_id"]) for family in RUN_TASKS]
 
 
 @dataclass

@@ -98,11 +98,11 @@ def load_model(path):
                                   f"run's command to train it")
         best = path / "best.h5"  # with a validation split: the checkpoint of the best validation accuracy
         path = best if best.is_file() else path / "model.h5"
-        if path == best:
-            print(f"using {best}: the epoch of the best validation accuracy", file=sys.stderr)
     if not os.path.lexists(path):
         raise _Missing(f"{path}: no such model file; give a model.h5 or a run directory")
     loaded = checkpoint.load_checkpoint(path)
+    if path.name == "best.h5":
+        print(f"using {path}: the best validation accuracy, epoch {loaded.epoch:g}", file=sys.stderr)
     framing = loaded.attrs.get("framing") or default_framing(loaded.dataset)
     if not isinstance(framing, str) or framing not in FRAMINGS:
         raise CheckpointError(f"{path}: framing {framing!r} is not one of {', '.join(FRAMINGS)}: not a model of "

@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline import __version__, pages
 from pipeline.atomic import write_atomically
-from pipeline.evaluation import EPOCH_COLUMNS, epoch_columns
+from pipeline.evaluation import epoch_columns
 
 CLASS_NAMES = {
     "mnist": [str(k) for k in range(10)],

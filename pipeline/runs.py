@@ -32,6 +32,11 @@ def run_name(params):
     return f"{slug}-{digest}"
 
 
+def lock_name(family, dataset, name):
+    """The name of the lease a run's (or sweep's) task takes in <artifacts>/.locks/."""
+    return f"{family}_{dataset}_{name}"
+
+
 def sweep_name(run_ids):
     """`sweep-1a2b3c4d`: a hash of the set of runs a sweep compares."""
     canonical = json.dumps(sorted(set(run_ids)), separators=(",", ":"))

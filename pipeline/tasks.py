@@ -222,9 +222,14 @@ class PipelineTask(luigi.Task):
                              **self.facts())
 
     def lock(self):
-        """This task's lease: a lock file on a disk, an object in a bucket; released when done."""
-        return storage.Lease(storage.join(self.root().location, ".locks", self.task_id),
+        """This task's lease, <root>/.locks/<lock_name()>: a lock file on a disk, an object in a
+        bucket; released (and removed) when done."""
+        return storage.Lease(storage.join(self.root().location, ".locks", self.lock_name()),
                              f"{socket.gethostname()}:{os.getpid()}", ttl_seconds=self.lease_seconds)
+
+    def lock_name(self):
+        """<Task>_<dataset>: unique among the tasks writing to this root (gc reads these names)."""
+        return f"{self.get_task_family()}_{self.dataset}"
 
     def make(self):
         """Write the outputs; return {label: local path} of them."""
@@ -470,6 +475,9 @@ class RunTask(PipelineTask):
     @property
     def run_id(self):
         return runs.run_name(self.hyperparameters())
+
+    def lock_name(self):
+        return runs.lock_name(self.get_task_family(), self.dataset, self.run_id)
 
     @property
     def run_dir(self):
@@ -841,6 +849,9 @@ class Sweep(RunTask):
     @property
     def sweep_id(self):
         return runs.sweep_name(task.run_id for task in self.requires())
+
+    def lock_name(self):
+        return runs.lock_name("Sweep", self.dataset, self.sweep_id)
 
     def requires(self):
         return [EvaluateNetwork(**combination) for combination in self.combinations()]

@@ -231,16 +231,17 @@ def test_an_unfinished_upload_goes_like_a_killed_write(store):
     assert pending() == [theirs]
 
 
-def test_run_task_ids_name_the_tasks_locks_as_luigi_does():
+def test_run_task_ids_name_the_leases_the_tasks_take():
     from pipeline import tasks
 
     for extra in ({}, {"date": "2026-11-22", "learning_rate": 1e-05, "hidden_size": 7, "seed": 12}):
         params = {"dataset": "synthetic", "hidden_size": 30, "batch_size": 50, "learning_rate": 0.5,
                   "iterations": 60, "sampling": "shuffle", "seed": 4, **extra}
         task = tasks.EvaluateNetwork(**params)
-        row = {**{key: str(value) for key, value in task.hyperparameters().items()}, "date": extra.get("date", "")}
-        assert gc.run_task_ids(row) == [tasks.CheckGradient(**params).task_id, tasks.TrainNetwork(**params).task_id,
-                                        task.task_id]
+        row = {"dataset": "synthetic", "run_id": task.run_id}
+        names = [storage.basename(t.lock().location) for t in (
+            tasks.CheckGradient(**params), tasks.TrainNetwork(**params), task)]
+        assert gc.run_task_ids(row) == names
 
 
 # --- a worker's cache ---

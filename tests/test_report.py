@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline import report, runs
+from pipeline.evaluation import EPOCH_COLUMNS
 
 EPOCHS = [
     {"epoch": 0.0, "iteration": 0, "train_accuracy": 0.1, "train_loss": 2.30, "test_accuracy": 0.098, "test_loss": 2.31},
@@ -57,7 +58,7 @@ def test_per_class_accuracy_is_the_diagonal_over_row_sums(written):
 def test_accuracy_csv_reads_back_to_the_same_numbers(written):
     with open(written[0] / "accuracy.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == list(report.EPOCH_COLUMNS)
+    assert list(rows[0]) == list(EPOCH_COLUMNS)
     assert len(rows) == 3
     for row, expected in zip(rows, EPOCHS):
         for key, value in expected.items():

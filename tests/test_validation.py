@@ -4,6 +4,7 @@ the generated 600/200-image dataset."""
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from luigi.execution_summary import LuigiStatusCode
 
 from fakedata import learnable
-from pipeline import checkpoint, lineage, processed, runs, tasks, training
+from pipeline import checkpoint, lineage, processed, runs, storage, tasks, training
 from pipeline.errors import ParameterError
 from pipeline.evaluation import EPOCH_COLUMNS, VALIDATION_COLUMNS, BackgroundEvaluator, evaluate
 from pipeline.network import PARAM_NAMES, TwoLayerNet
@@ -245,7 +246,7 @@ def test_runs_with_other_hyperparameters_hold_out_the_same_recorded_images(chain
     expected = split_digest(validation_split(labels, 100, seed=0))
     for params in (first, second):
         task = tasks.TrainNetwork(**params)
-        record = lineage.read_record(task.record_path())
+        record = lineage.read_record(Path(task.record_location()))
         assert record["validation_split"] == {"size": 100, "split_seed": 0, "sha256": expected}
         model = checkpoint.load_checkpoint(task.run_dir / "model.h5")
         assert model.attrs["validation_split_sha256"] == expected and model.attrs["validation_size"] == 100
@@ -276,7 +277,7 @@ def test_patience_stops_a_plateaued_run_and_keeps_its_best_epoch(chain, caplog):
     assert report["final"]["iteration"] == model.iteration and report["final"]["validation_accuracy"] == accuracies[-1]
     assert (task.run_dir / "report" / "accuracy.csv").read_text().splitlines()[0].endswith(
         "validation_accuracy,validation_loss")
-    assert any(r["run_id"] == task.run_id for r in runs.read_runs(task.artifacts_root / "runs.csv"))
+    assert any(r["run_id"] == task.run_id for r in runs.read_runs(task.artifacts_dir))
 
 
 @pytest.mark.parametrize("killed_after", ["an early checkpoint", "the stopping checkpoint"])
@@ -290,7 +291,7 @@ def test_a_run_resumed_after_a_kill_stops_at_the_same_epoch_with_the_same_bits(c
     keep = 3 if killed_after == "an early checkpoint" else reference.iteration // 10 + 1
     for path in checkpoint.list_checkpoints(task.run_dir / "checkpoints")[keep:]:
         path.unlink()
-    for path in (task.run_dir / "model.h5", task.run_dir / "best.h5", task.record_path()):
+    for path in (task.run_dir / "model.h5", task.run_dir / "best.h5", Path(task.record_location())):
         path.unlink()
     assert build(tasks.TrainNetwork(**params))[0] == LuigiStatusCode.SUCCESS
     resumed = checkpoint.load_checkpoint(task.run_dir / "model.h5")
@@ -339,7 +340,9 @@ def test_checkpoints_of_another_split_are_not_resumed_from(chain, caplog):
     with h5py.File(first, "r+") as f:  # as if trained beside other held-out images
         inputs = json.loads(f.attrs["inputs"])
         f.attrs["inputs"] = json.dumps({**inputs, "validation_split": "0" * 64}, sort_keys=True)
-    for path in (task.run_dir / "model.h5", task.record_path()):
+    # its own record vouches for the changed file: only the split it names is wrong now
+    storage.write_bytes(task.checkpoint_record(first), json.dumps(lineage.describe(first)))
+    for path in (task.run_dir / "model.h5", Path(task.record_location())):
         path.unlink()
     caplog.set_level("WARNING", logger="luigi-interface")
     assert build(tasks.TrainNetwork(**params))[0] == LuigiStatusCode.SUCCESS
