@@ -243,29 +243,29 @@ def list_checkpoints(checkpoint_dir):
     return [p for _, p in sorted(named)]
 
 
-def valid_prefix(checkpoint_dir, iterations, run_id, inputs, trusted):
+def valid_prefix(checkpoint_dir, iterations, run_id, inputs, trusted, where=str):
     """[Checkpoint] at the given iterations, in order, up to (not including) the first one that
     is missing, does not match its record (trusted(path) -> None, or why not), does not load,
     or was made by another run or from other inputs: what a resume may build on. Each one
-    refused is logged with the reason; nothing is deleted."""
+    refused is logged with the reason, named as where(path) says; nothing is deleted."""
     loaded = []
     for iteration in iterations:
         path = checkpoint_path(checkpoint_dir, iteration)
         distrust = trusted(path)
         if distrust:
             if distrust is not ABSENT:
-                logger.warning("not resuming from %s or later: %s", path, distrust)
+                logger.warning("not resuming from %s or later: %s", where(path), distrust)
             break
         try:
             c = load_checkpoint(path)
         except CheckpointError as error:
-            logger.warning("not resuming from %s or later: %s", path, error)
+            logger.warning("not resuming from %s or later: %s", where(path), error)
             break
         reason = (f"it belongs to run {c.run_id}" if c.run_id != run_id else
                   f"it is for iteration {c.iteration}" if c.iteration != iteration else
                   "it was trained from other data" if c.inputs != inputs else None)
         if reason:
-            logger.warning("not resuming from %s or later: %s", path, reason)
+            logger.warning("not resuming from %s or later: %s", where(path), reason)
             break
         loaded.append(c)
     return loaded

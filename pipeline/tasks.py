@@ -189,6 +189,10 @@ class PipelineTask(luigi.Task):
         """{label: (location, entry)} of the files the outputs are made from, as their records hold them."""
         return {}
 
+    def reads(self):
+        """{label: (location, entry)} of the files make() reads: made local, verified, before it runs."""
+        return self.record_inputs()
+
     # --- making ---
 
     def run(self):
@@ -209,7 +213,7 @@ class PipelineTask(luigi.Task):
         storage.delete(self.record_location(), lease=lease)  # no record vouches for a half-made output
         self.root().mark()
         inputs = self.record_inputs()
-        for location, entry in inputs.values():
+        for location, entry in self.reads().values():
             for root in self.roots():
                 root.pull(location, entry)
         self.lease, started = lease, time.perf_counter()
@@ -333,7 +337,10 @@ class _ProcessTask(PipelineTask):
     def output(self):
         return Output(self.data_root, self.data_root.path("processed", self.dataset, f"{self.kind}.h5"))
 
-    def record_inputs(self):
+    def record_inputs(self):  # the raw files' bytes, not where they came from: MANIFEST.json aside
+        return {label: entry for label, entry in self.reads().items() if label != "MANIFEST.json"}
+
+    def reads(self):
         return self.requires().recorded_outputs()
 
     def make(self):
@@ -589,19 +596,24 @@ class TrainNetwork(RunTask):
         return storage.join(storage.parent(self.record_location()), "checkpoints", path.stem + ".json")
 
     def trusted(self, path):
-        """None when the checkpoint at path (made local) matches the record written when it was
-        saved; otherwise why not."""
+        """None when the checkpoint at path matches the record written when it was saved (and is
+        then here, verified, on this machine); otherwise why not."""
+        location = self.artifacts_root.where(path)
         try:
             entry = json.loads(storage.read_bytes(self.checkpoint_record(path)))
-            self.artifacts_root.pull(self.artifacts_root.where(path), entry)
         except FileNotFoundError:
-            if not path.exists():
-                return checkpoint.ABSENT
-            return "it has no record of its own (it was not saved whole, or not by this pipeline)"
-        except (ValueError, AttributeError, PipelineError) as error:
-            return f"its record does not vouch for it ({error})"
-        problem = lineage.mismatch(str(path), entry)
-        return f"its bytes are {problem} since it was saved" if problem else None
+            return checkpoint.ABSENT if not storage.exists(location) else \
+                "it has no record of its own (it was not saved whole, or not by this pipeline)"
+        except ValueError:
+            return "its record is not one"
+        problem = lineage.mismatch(location, entry)
+        if problem:
+            return f"its bytes are {problem} since it was saved"
+        try:
+            self.artifacts_root.pull(location, entry)
+        except PipelineError:
+            return "its bytes are changed or damaged since it was saved"
+        return None
 
     def make(self):
         images, labels = self.load_data()
@@ -616,7 +628,8 @@ class TrainNetwork(RunTask):
         per_epoch = iterations_per_epoch(train_size, self.batch_size)
         iterations = checkpoint_iterations(train_size, self.batch_size, self.iterations)
         folder = self.run_dir / "checkpoints"
-        kept = checkpoint.valid_prefix(folder, iterations, self.run_id, inputs, trusted=self.trusted)
+        kept = checkpoint.valid_prefix(folder, iterations, self.run_id, inputs, trusted=self.trusted,
+                                       where=self.artifacts_root.where)
         network, rng, start, losses = self.start_from(kept, x_train.shape[1], n_classes)
         save = dict(hyperparameters=self.hyperparameters(), dataset=self.dataset, run_id=self.run_id, inputs=inputs,
                     data_checksums=images["attrs"].get("source_sha256", {}), per_epoch=per_epoch)

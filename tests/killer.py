@@ -4,7 +4,8 @@ a place chosen exactly rather than by a race.
     python tests/killer.py pipeline.report:write_atomically 3 after -- --module pipeline.tasks ...
 
 The process kills itself with SIGKILL just before (`before`) or just after (`after`) the
-Nth call of the named function.
+Nth call of the named function; with `freeze` it stops itself (SIGSTOP) just after that call
+instead, and goes on where it was once sent SIGCONT.
 """
 
 import importlib
@@ -26,8 +27,8 @@ def arm(target, count, when):
         if len(calls) == count and when == "before":
             os.kill(os.getpid(), signal.SIGKILL)
         result = original(*args, **kwargs)
-        if len(calls) == count and when == "after":
-            os.kill(os.getpid(), signal.SIGKILL)
+        if len(calls) == count and when in ("after", "freeze"):
+            os.kill(os.getpid(), signal.SIGSTOP if when == "freeze" else signal.SIGKILL)
         return result
 
     setattr(module, attribute, wrapper)
@@ -35,7 +36,7 @@ def arm(target, count, when):
 
 if __name__ == "__main__":
     target, count, when, separator, *luigi_args = sys.argv[1:]
-    assert separator == "--" and when in ("before", "after")
+    assert separator == "--" and when in ("before", "after", "freeze")
     import pipeline.tasks  # noqa: F401  (the module luigi will run, imported before arming)
 
     arm(target, int(count), when)
