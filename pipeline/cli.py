@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import __version__, checkpoint, lineage, runs
+from pipeline import __version__, checkpoint, lineage, metrics, runs
 from pipeline.errors import CheckpointError, DataError, ParameterError, PipelineError
 from pipeline.idx import read_idx
 from pipeline.logs import user_message
@@ -71,7 +71,7 @@ def build_parser():
         command.add_argument("--no-lock", action="store_true",
                              help="with --scheduler-host: let several identical workers run on one host "
                                   "(luigi's pid lock turns the second away otherwise)")
-        command.set_defaults(handler=run_command)
+        command.set_defaults(handler=metrics.recorded(run_command, _target))  # metrics of every run and sweep
 
     status = commands.add_parser("status", help="say which tasks of a run are complete, stale or to run; "
                                                 f"exit 0 when all are complete, {EXIT_WOULD_RUN} otherwise")
