@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import __version__, checkpoint, lineage, metrics, runs
+from pipeline import __version__, checkpoint, history, lineage, metrics, runs
 from pipeline.errors import CheckpointError, DataError, ParameterError, PipelineError
 from pipeline.idx import read_idx
 from pipeline.logs import user_message
@@ -107,6 +107,7 @@ def build_parser():
     diff.add_argument("run_b", help="another run directory, or a run id")
     diff.add_argument("--artifacts-dir", default="artifacts", help="where run ids are looked up (default: artifacts)")
     diff.set_defaults(handler=diff_command)
+    history.add_parser(commands)  # mnist-pipeline history (pipeline/history.py)
     return parser
 
 
