@@ -74,8 +74,9 @@ def read_index(artifacts_dir):
 def from_index(index):
     """History rows of the finished runs in the runs index, oldest first."""
     rows = [{"started": row.get("finished_at", ""), "task": "EvaluateNetwork", "run": run_id, "state": "DONE",
-             "seconds": "", "run_seconds": row.get("seconds", ""), "host": "", "train_accuracy": row.get("train_accuracy", ""),
-             "test_accuracy": row.get("test_accuracy", "")} for run_id, row in index.items()]
+             "seconds": "", "run_seconds": row.get("seconds", ""), "host": "",
+             "train_accuracy": row.get("train_accuracy", ""), "test_accuracy": row.get("test_accuracy", "")}
+            for run_id, row in index.items()]
     return sorted(rows, key=lambda r: r["started"])
 
 
@@ -118,10 +119,10 @@ def from_database(url, index, every_task=False):
         run = run_id_of(name, params.get(record_id, {}))
         found = index.get(run, {})
         first = started or (history[0][1] if history else None)
+        seconds = round((ended - started).total_seconds(), 3) if started and ended and ended >= started else ""
         rows.append({"started": str(first)[:19] if first else "", "order": first or datetime.datetime.min,
                      "task": name, "run": run, "state": history[-1][0] if history else "",
-                     "seconds": round((ended - started).total_seconds(), 3) if started and ended and ended >= started
-                     else "", "run_seconds": found.get("seconds", ""), "host": host or "",
+                     "seconds": seconds, "run_seconds": found.get("seconds", ""), "host": host or "",
                      "train_accuracy": found.get("train_accuracy", ""), "test_accuracy": found.get("test_accuracy", "")})
     return sorted(rows, key=lambda r: r["order"])
 

@@ -92,7 +92,7 @@ def figures_of(task):
     Sweep's runs'; [] for others or where a report cannot be read."""
     import json
 
-    from pipeline import storage
+    from pipeline import lineage, storage
 
     family = task.get_task_family()
     evaluations = [task] if family == "EvaluateNetwork" else list(task.requires()) if family == "Sweep" else []
@@ -102,7 +102,11 @@ def figures_of(task):
             report = json.loads(storage.read_bytes(evaluation.where(evaluation.output().path)))
             canary_file = Path(evaluation.run_dir) / "canary.json"
             status = json.loads(canary_file.read_text()).get("status") if canary_file.is_file() else None
-            found.append(run_figures(report, status))
+            figures = run_figures(report, status)
+            own = lineage.read_record(evaluation.where(evaluation.record_path())) or {}  # its own stage
+            if isinstance(own.get("seconds"), (int, float)):
+                figures["stage_seconds"][evaluation.get_task_family()] = own["seconds"]
+            found.append(figures)
         except (OSError, ValueError, AttributeError) as error:
             logger.warning("metrics: no figures for %s (%s)", evaluation, error)
     return found

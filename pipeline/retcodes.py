@@ -208,11 +208,12 @@ def _run(argv, outcome):
                     return 0
                 states = graph_states(url, root.task_id)
             waiting_for = [task_id for task_id, state in states.items() if state == "RUNNING"]
-            failed = sorted(task_id for task_id, state in states.items() if state in ("FAILED", "DISABLED"))
-            if waiting_for and not failed:
+            if waiting_for:
                 logger.info("%s is not complete; other workers are running %d of its tasks; scheduling "
                             "it again when they are done", root, len(waiting_for))
                 time.sleep(settings.wait_interval + random.uniform(0, settings.wait_jitter))
+                states = graph_states(url, root.task_id)  # one may have failed meanwhile: not ours to retry
+            failed = sorted(task_id for task_id, state in states.items() if state in ("FAILED", "DISABLED"))
         except Exception:
             logger.exception("Uncaught exception while checking the shared work")
             return codes.unhandled_exception

@@ -98,3 +98,45 @@ def test_reproducible_despite_a_changed_environment_names_the_change():
     previous = record("2026-11-22", params(), blas_threads=1)
     status, message = canary.compare(record("2026-11-23", params(), blas_threads=2), previous)
     assert status == "reproducible" and message.endswith("(changed since, without effect: blas_threads 1 -> 2)")
+
+
+@pytest.mark.slow
+def test_dated_runs_compare_with_the_previous_date_end_to_end(tmp_path, synthetic_source):
+    """Two dates with the same inputs are bit-identical; a third with two BLAS threads either
+    differs in its last bits (named: blas_threads 1 -> 2) or says the change had no effect; its
+    canary.json holds the environment compare() names the change from. The metrics textfile
+    holds mnist_pipeline_reproducible."""
+    import json
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from runner import chain, run, workspace
+
+    workdir = workspace(tmp_path / "w")
+    with open(workdir / "luigi.cfg", "a") as f:
+        f.write(f"\n[metrics]\ntextfile = {tmp_path / 'mnist_pipeline.prom'}\n")
+    entry = [str(__import__("pathlib").Path(__import__("sys").executable).with_name("mnist-pipeline-luigi"))]
+    logs = {}
+    for date, extra in (("2026-11-01", []), ("2026-11-02", []), ("2026-11-03", ["--blas-threads", "2"])):
+        done = __import__("subprocess").run([*entry, *chain(synthetic_source, "--date", date, *extra)], cwd=workdir,
+                                            capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        logs[date] = done.stderr
+    record = {p.parent.name.split("-s4-")[1][:10]: json.loads(p.read_text())
+              for p in (workdir / "artifacts" / "synthetic").glob("*/canary.json")}
+    assert record["2026-11-01"]["status"] == "no-previous"
+    assert record["2026-11-02"]["status"] == "reproducible"
+    assert [line for line in logs["2026-11-02"].splitlines() if "canary:" in line][0].endswith(
+        f"weights bit-identical to {record['2026-11-01']['run_id']} of 2026-11-01")
+    third = record["2026-11-03"]
+    assert third["environment"]["blas_threads"] == 2 and record["2026-11-02"]["environment"]["blas_threads"] == 1
+    if third["status"] == "different-bits":
+        assert "blas_threads 1 -> 2" in third["message"] and " WARNING: canary:" in logs["2026-11-03"]
+    else:  # equal bits on this tiny data: the change is named all the same, and would be with other bits
+        assert third["status"] == "reproducible" and "without effect: blas_threads 1 -> 2" in third["message"]
+        status, message = canary.compare({**third, "weights_sha256": "0" * 64}, record["2026-11-02"])
+        assert status == "different-bits" and "changed since: blas_threads 1 -> 2" in message
+    reproducible = {s.labels["run"]: s.value for family in text_string_to_metric_families(
+        (tmp_path / "mnist_pipeline.prom").read_text()) for s in family.samples
+        if s.name == "mnist_pipeline_reproducible"}
+    assert reproducible == {third["run_id"]: 1.0 if third["status"] == "reproducible" else 0.0}

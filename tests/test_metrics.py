@@ -198,3 +198,72 @@ def test_a_failing_cron_like_run_leaves_its_failure_time_and_reason_in_the_textf
     assert before <= value(found, "mnist_pipeline_last_failure_timestamp_seconds", **group) <= time.time()
     assert value(found, "mnist_pipeline_last_exit_code", reason="task_failed", **group) == 30
     assert not [k for k in found if k[0] == "mnist_pipeline_last_success_timestamp_seconds"]
+
+
+# The alerting rules the README gives operators (Prometheus rule file format).
+ALERT_RULES = """\
+groups:
+  - name: mnist-pipeline
+    rules:
+      - alert: MnistPipelineNoSuccess
+        expr: time() - max by (dataset) (mnist_pipeline_last_success_timestamp_seconds) > 26 * 3600
+        labels: {severity: page}
+        annotations:
+          summary: "mnist-pipeline: no successful run for {{ $labels.dataset }} in 26 h"
+      - alert: MnistPipelineLowTestAccuracy
+        expr: mnist_pipeline_accuracy{split="test", dataset="fashion-mnist"} < 0.8
+        annotations:
+          summary: "mnist-pipeline: {{ $labels.run }} has test accuracy {{ $value }}"
+      - alert: MnistPipelineNotReproducible
+        expr: mnist_pipeline_reproducible == 0
+        annotations:
+          summary: "mnist-pipeline: {{ $labels.run }} differs in its bits from the previous date's run"
+"""
+RULE_TESTS = """\
+rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1h
+    input_series:
+      # a nightly success at 02:00 on day 0, then none
+      - series: 'mnist_pipeline_last_success_timestamp_seconds{command="luigi",dataset="fashion-mnist"}'
+        values: '7200x40'
+      - series: 'mnist_pipeline_accuracy{command="luigi",dataset="fashion-mnist",run="r1",split="test"}'
+        values: '0.85 0.85 0.71'
+      - series: 'mnist_pipeline_reproducible{command="luigi",dataset="fashion-mnist",run="r1"}'
+        values: '1 0'
+    alert_rule_test:
+      - eval_time: 27h
+        alertname: MnistPipelineNoSuccess
+        exp_alerts: []
+      - eval_time: 29h
+        alertname: MnistPipelineNoSuccess
+        exp_alerts:
+          - exp_labels: {severity: page, dataset: fashion-mnist}
+            exp_annotations: {summary: "mnist-pipeline: no successful run for fashion-mnist in 26 h"}
+      - eval_time: 1h
+        alertname: MnistPipelineLowTestAccuracy
+        exp_alerts: []
+      - eval_time: 2h
+        alertname: MnistPipelineLowTestAccuracy
+        exp_alerts:
+          - exp_labels: {command: luigi, dataset: fashion-mnist, run: r1, split: test}
+            exp_annotations: {summary: "mnist-pipeline: r1 has test accuracy 0.71"}
+      - eval_time: 1h
+        alertname: MnistPipelineNotReproducible
+        exp_alerts:
+          - exp_labels: {command: luigi, dataset: fashion-mnist, run: r1}
+            exp_annotations: {summary: "mnist-pipeline: r1 differs in its bits from the previous date's run"}
+"""
+
+
+def test_the_readme_alert_rules_fire_as_documented(tmp_path):
+    """promtool (Debian's prometheus package) evaluates the rules on series shaped as ours."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    (tmp_path / "rules.yml").write_text(ALERT_RULES)
+    (tmp_path / "tests.yml").write_text(RULE_TESTS)
+    done = subprocess.run([promtool, "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
