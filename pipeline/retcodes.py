@@ -111,7 +111,8 @@ def scheduler_url(core):
 
 def graph_states(url, root_id):
     """{task id: status} of the root's graph as the central scheduler has it now ({} without one).
-    After this worker's run returned, a RUNNING task of the graph runs in another worker."""
+    After this worker's run returned, a RUNNING task of the graph runs in another worker; a FAILED
+    or DISABLED one failed there."""
     if url is None:
         return {}
     graph = luigi.rpc.RemoteScheduler(url).dep_graph(root_id) or {}
@@ -141,25 +142,22 @@ def _refused(error):
     return None
 
 
-def run(argv):
+def run(argv, outcome=None):
     """Run luigi with `argv` (as for the `luigi` command, without the program name) until the
-    requested task is complete or cannot be completed; return the exit code (see the module),
-    and record it in the metrics luigi.cfg names."""
-    started = time.time()
-    outcome = {"root": None}
-    code = 1
+    requested task is complete or cannot be completed; return the exit code (see the module).
+    outcome, a dict, gets "root": the requested task once it is built."""
+    return _run(list(argv), {} if outcome is None else outcome)
+
+
+def record_metrics(argv, code, started, root):
+    """The command's outcome in the metrics luigi.cfg names (pipeline/metrics.py), as "luigi"."""
     try:
-        code = _run(list(argv), outcome)
-        return code
-    finally:
-        root = outcome["root"]
-        try:
-            runs = metrics.figures_of(root) if code == 0 and root is not None else ()
-            dataset = getattr(root, "dataset", None) or getattr(root, "of_params", {}).get("dataset")
-            metrics.record("luigi", dataset or _flag(argv, "--dataset"), code, started=started, runs=runs,
-                           run=getattr(root, "run_id", "") if root is not None else "")
-        except Exception as error:  # a monitor's trouble never changes the exit code
-            logger.warning("metrics: not recorded (%s)", error)
+        runs = metrics.figures_of(root) if code == 0 and root is not None else ()
+        dataset = getattr(root, "dataset", None) or (getattr(root, "of_params", None) or {}).get("dataset")
+        metrics.record("luigi", dataset or _flag(argv, "--dataset"), code, started=started, runs=runs,
+                       run=getattr(root, "sweep_id", None) or getattr(root, "run_id", "") if root is not None else "")
+    except Exception as error:  # a monitor's trouble never changes the exit code
+        logger.warning("metrics: not recorded (%s)", error)
 
 
 def _flag(argv, name):
@@ -207,13 +205,19 @@ def _run(argv, outcome):
                 if root.complete():
                     return 0
                 states = graph_states(url, root.task_id)
-            waiting_for = [task_id for task_id, state in states.items() if state == "RUNNING"]
+            # what this worker saw other workers run (luigi's summary), and what the scheduler has running now
+            waiting_for = {task.task_id for task in task_sets.get("run_by_other_worker") or ()}
+            waiting_for |= {task_id for task_id, state in states.items() if state == "RUNNING"}
             if waiting_for:
                 logger.info("%s is not complete; other workers are running %d of its tasks; scheduling "
                             "it again when they are done", root, len(waiting_for))
                 time.sleep(settings.wait_interval + random.uniform(0, settings.wait_jitter))
                 states = graph_states(url, root.task_id)  # one may have failed meanwhile: not ours to retry
             failed = sorted(task_id for task_id, state in states.items() if state in ("FAILED", "DISABLED"))
+            if not waiting_for and not failed:
+                with CmdlineParser.global_instance(attempt_argv):
+                    if root.complete():  # finished elsewhere between the check above and the scheduler's answer
+                        return 0
         except Exception:
             logger.exception("Uncaught exception while checking the shared work")
             return codes.unhandled_exception
@@ -227,7 +231,14 @@ def _run(argv, outcome):
 
 
 def main(argv=None):
-    sys.exit(run(sys.argv[1:] if argv is None else argv))
+    """The mnist-pipeline-luigi command: run(), its outcome recorded in the metrics, its exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    started, outcome, code = time.time(), {}, 1
+    try:
+        code = run(argv, outcome)
+    finally:
+        record_metrics(argv, code, started, outcome.get("root"))
+    sys.exit(code)
 
 
 if __name__ == "__main__":
