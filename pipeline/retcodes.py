@@ -26,12 +26,14 @@ tasks out again after [scheduler] worker_disconnect_delay (60 s).
 
 A Range task (RangeDailyBase ...) is checked before it is scheduled: a reversed range or
 --of-params its task refuses is a one-line error and `unhandled_exception` (70), as for any
-refused parameter. Each run's outcome goes to the [metrics] luigi.cfg names (pipeline/metrics.py).
+refused parameter. The command (main) records its outcome in the metrics luigi.cfg's [metrics]
+names (pipeline/metrics.py).
 
-Luigi's internals used here are few and checked: `luigi.execution_summary._summary_dict`
-(what luigi's own `luigi.retcodes` reads too). The rest is public API: `luigi.interface.run`,
-`CmdlineParser`, and the scheduler's `dep_graph` over `luigi.rpc.RemoteScheduler`. A luigi
-without one of them is a one-line error naming it and the tested versions (pyproject.toml).
+One luigi internal is used: `luigi.execution_summary._summary_dict`, the per-status task sets
+that luigi's own `luigi.retcodes` reads too. It is looked up before anything runs: a luigi
+without it is a one-line error naming it and the tested versions (pyproject.toml). The rest is
+public API: `luigi.interface.run`, `CmdlineParser`, `luigi.rpc.RemoteScheduler` and the
+scheduler's `dep_graph`.
 
 luigi.cfg: the [retcode] section as it is; nothing else is needed. [worker] wait_interval and
 wait_jitter (luigi's own, 1 s and 5 s by default) set how long an idle worker waits before
