@@ -13,6 +13,7 @@ import pytest
 
 from browser import Browser
 from conftest import free_port
+from pipeline.cli import main
 from runner import chain, run, workspace
 
 
@@ -90,16 +91,30 @@ def test_a_sweep_on_luigid_leaves_its_runs_in_the_history_database(tmp_path, lui
         assert "EvaluateNetwork" in text and "Sweep" in text, text[:2000]
 
 
-def test_history_of_an_empty_workspace_says_there_is_none(tmp_path):
-    done = run(["history", "--artifacts-dir", str(tmp_path / "nothing")], workspace(tmp_path / "w"), tool="cli")
-    assert done.returncode == 0 and done.stdout.startswith("no runs recorded yet in")
+def test_history_of_an_empty_workspace_says_there_is_none(tmp_path, capsys):
+    assert main(["history", "--artifacts-dir", str(tmp_path / "nothing")]) == 0
+    assert capsys.readouterr().out.startswith("no runs recorded yet in")
 
 
 @pytest.mark.parametrize("db, message", [
     ("nonsense://x", "is not a database URL SQLAlchemy can open"),
     ("sqlite:///{tmp}/not-history.db", "holds no luigid task history"),
 ])
-def test_a_wrong_history_database_is_a_one_line_error(tmp_path, db, message):
+def test_a_wrong_history_database_is_a_one_line_error(tmp_path, capsys, db, message):
     sqlite3.connect(tmp_path / "not-history.db").execute("CREATE TABLE other (x)").connection.close()
-    done = run(["history", "--db", db.format(tmp=tmp_path)], workspace(tmp_path / "w"), tool="cli")
-    assert done.returncode == 1 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert main(["history", "--db", db.format(tmp=tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_history_from_the_runs_index_adds_up_each_runs_stages(tmp_path, capsys):
+    from pipeline import runs
+
+    report = tmp_path / "mnist" / "h50-x" / "report"
+    report.mkdir(parents=True)
+    report.joinpath("report.json").write_text('{"stage_seconds": {"TrainNetwork": 2.5, "CheckGradient": 0.25}}')
+    runs.add_run(tmp_path / "runs.csv", {"run_id": "h50-x", "dataset": "mnist", "train_accuracy": 0.93,
+                                         "test_accuracy": 0.9251})
+    assert main(["history", "--artifacts-dir", str(tmp_path)]) == 0
+    fields = capsys.readouterr().out.splitlines()[1].split()
+    assert fields[1:5] == ["EvaluateNetwork", "h50-x", "DONE", "2.750"] and fields[-2:] == ["0.9300", "0.9251"]

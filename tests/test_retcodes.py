@@ -28,6 +28,7 @@ REFUSED = [
 ]
 
 
+@pytest.mark.slow  # subprocesses: about 1 s each
 @pytest.mark.parametrize("flags, message, _", REFUSED)
 def test_mnist_pipeline_luigi_refuses_a_bad_range_with_70_in_one_line(tmp_path, flags, message, _):
     workdir = workspace(tmp_path / "w")
@@ -38,6 +39,7 @@ def test_mnist_pipeline_luigi_refuses_a_bad_range_with_70_in_one_line(tmp_path, 
     assert sorted(p.name for p in workdir.iterdir()) == ["luigi.cfg"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, _, message", REFUSED)
 def test_plain_luigi_refuses_a_bad_range_while_scheduling_with_50_in_one_line(tmp_path, flags, _, message):
     """luigi's own command line checks a range's dates and --of-params only while scheduling:
