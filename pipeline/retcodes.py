@@ -26,7 +26,7 @@ tasks out again after [scheduler] worker_disconnect_delay (60 s).
 
 A Range task (RangeDailyBase ...) is checked before it is scheduled: a reversed range or
 --of-params its task refuses is a one-line error and `unhandled_exception` (70), as for any
-refused parameter. The command (main) records its outcome in the metrics luigi.cfg's [metrics]
+refused parameter, an unknown task or an unknown --module. The command (main) records its outcome in the metrics luigi.cfg's [metrics]
 names (pipeline/metrics.py).
 
 One luigi internal is used: `luigi.execution_summary._summary_dict`, the per-status task sets
@@ -53,6 +53,7 @@ import luigi.execution_summary
 import luigi.interface
 import luigi.retcodes
 import luigi.rpc
+import luigi.task_register
 import luigi.tools.range
 import luigi.worker
 from luigi.cmdline_parser import CmdlineParser
@@ -173,9 +174,14 @@ def _flag(argv, name):
 
 
 def _run(argv, outcome):
-    with CmdlineParser.global_instance(argv):
-        codes = luigi.retcodes.retcode()
-        settings = luigi.worker.worker()
+    codes = luigi.retcodes.retcode()
+    try:
+        with CmdlineParser.global_instance(argv):
+            codes = luigi.retcodes.retcode()
+            settings = luigi.worker.worker()
+    except (luigi.task_register.TaskClassException, ImportError) as error:  # no such task or module
+        logger.error("refused: %s: %s", type(error).__name__, " ".join(str(error).split()))
+        return codes.unhandled_exception
     try:
         summary_dict = luigi_internal(luigi.execution_summary, "_summary_dict")
         with CmdlineParser.global_instance(argv) as parser:

@@ -73,3 +73,16 @@ def test_the_luigi_route_runs_a_toy_job_to_0_with_the_local_scheduler(tmp_path):
                          "--local-scheduler", "--no-lock"])
     assert code == 0 and sorted(p.name for p in tmp_path.glob("*.done")) == [f"{n}.done" for n in "abcdef"]
     assert json.loads(json.dumps(retcodes.graph_states(None, "x"))) == {}  # no luigid: nothing elsewhere
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--module", "toytasks", "NoSuchTask"], "refused: TaskClassNotFoundException: No task NoSuchTask."),
+    (["--module", "no_such_module_here", "ToyTask"], "refused: ModuleNotFoundError: No module named "
+                                                     "'no_such_module_here'"),
+])
+def test_an_unknown_task_or_module_is_refused_in_one_line(argv, message, caplog):
+    with caplog.at_level(logging.ERROR, logger="luigi-interface"):
+        code = retcodes.run([*argv, "--local-scheduler", "--no-lock"])
+    assert code == luigi.retcodes.retcode().unhandled_exception
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR][0].startswith(message)
+    assert "Traceback" not in caplog.text
