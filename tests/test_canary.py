@@ -1,9 +1,17 @@
-"""The reproducibility canary's pure part: a run's record against the previous date's."""
+"""The reproducibility canary: a run's record against the previous date's, and three dated runs
+end to end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import canary
+from runner import chain, workspace
 
 DATA = {"images.h5": "a" * 64, "labels.h5": "b" * 64}
 
@@ -106,20 +114,14 @@ def test_dated_runs_compare_with_the_previous_date_end_to_end(tmp_path, syntheti
     differs in its last bits (named: blas_threads 1 -> 2) or says the change had no effect; its
     canary.json holds the environment compare() names the change from. The metrics textfile
     holds mnist_pipeline_reproducible."""
-    import json
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from runner import chain, run, workspace
-
     workdir = workspace(tmp_path / "w")
     with open(workdir / "luigi.cfg", "a") as f:
         f.write(f"\n[metrics]\ntextfile = {tmp_path / 'mnist_pipeline.prom'}\n")
-    entry = [str(__import__("pathlib").Path(__import__("sys").executable).with_name("mnist-pipeline-luigi"))]
+    entry = [str(Path(sys.executable).with_name("mnist-pipeline-luigi"))]
     logs = {}
     for date, extra in (("2026-11-01", []), ("2026-11-02", []), ("2026-11-03", ["--blas-threads", "2"])):
-        done = __import__("subprocess").run([*entry, *chain(synthetic_source, "--date", date, *extra)], cwd=workdir,
-                                            capture_output=True, text=True, timeout=300)
+        done = subprocess.run([*entry, *chain(synthetic_source, "--date", date, *extra)], cwd=workdir,
+                              capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         logs[date] = done.stderr
     record = {p.parent.name.split("-s4-")[1][:10]: json.loads(p.read_text())

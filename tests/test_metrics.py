@@ -4,6 +4,7 @@ it, what a success and a failure keep and replace, a textfile for node_exporter'
 
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -189,7 +190,7 @@ def test_a_failing_cron_like_run_leaves_its_failure_time_and_reason_in_the_textf
     empty = tmp_path / "empty"
     empty.mkdir()
     before = time.time()
-    entry = str(Path(shutil.which("mnist-pipeline-luigi", path=str(Path(__import__("sys").executable).parent))))
+    entry = str(Path(sys.executable).with_name("mnist-pipeline-luigi"))
     failed = subprocess.run([entry, *chain(empty, "--date", "2026-11-22")], cwd=workdir, capture_output=True,
                             text=True, timeout=300)
     assert failed.returncode == 30, failed.stderr[-3000:]
