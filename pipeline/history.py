@@ -13,7 +13,6 @@ runs index, matched by run id (computed from the task's parameters as the tasks 
 
 import datetime
 import json
-from pathlib import Path
 
 from pipeline.errors import PipelineError
 
@@ -38,10 +37,10 @@ def command(args):
     from pipeline.cli import print_table
 
     url = args.db or _configured_url()
-    index = read_index(Path(args.artifacts_dir))
+    index = read_index(args.artifacts_dir)
     rows = from_database(url, index, args.all) if url else from_index(index)
     if not rows:
-        where = url or Path(args.artifacts_dir) / "runs.csv"
+        where = url or f"{args.artifacts_dir.rstrip('/')}/runs.csv"
         print(f"no runs recorded yet in {where}")
         return 0
     rows = rows[-args.limit:] if args.limit > 0 else rows
@@ -56,16 +55,17 @@ def _configured_url():
 
 
 def read_index(artifacts_dir):
-    """{run_id: row} of runs.csv, each row with "seconds": the report's stages added up."""
-    from pipeline import runs
+    """{run_id: row} of the runs index (runs.csv; artifacts_dir a directory or s3:// location),
+    each row with "seconds": its report's stages added up."""
+    from pipeline import runs, storage
 
     index = {}
-    for row in runs.read_runs(artifacts_dir / "runs.csv"):
-        report = artifacts_dir / row.get("dataset", "") / row.get("run_id", "") / "report" / "report.json"
+    for row in runs.read_runs(artifacts_dir):
+        report = storage.join(artifacts_dir, row.get("dataset", ""), row.get("run_id", ""), "report", "report.json")
         try:
-            stages = json.loads(report.read_text()).get("stage_seconds") or {}
+            stages = json.loads(storage.read_bytes(report)).get("stage_seconds") or {}
             row["seconds"] = round(sum(v for v in stages.values() if isinstance(v, (int, float))), 3)
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, PipelineError):
             row["seconds"] = ""
         index[row.get("run_id", "")] = row
     return index

@@ -99,11 +99,11 @@ def figures_of(task):
     found = []
     for evaluation in evaluations:
         try:
-            report = json.loads(storage.read_bytes(evaluation.where(evaluation.output().path)))
+            report = json.loads(storage.read_bytes(evaluation.output().location))
             canary_file = Path(evaluation.run_dir) / "canary.json"
             status = json.loads(canary_file.read_text()).get("status") if canary_file.is_file() else None
             figures = run_figures(report, status)
-            own = lineage.read_record(evaluation.where(evaluation.record_path())) or {}  # its own stage
+            own = lineage.read_record(evaluation.record_location()) or {}  # its own stage
             if isinstance(own.get("seconds"), (int, float)):
                 figures["stage_seconds"][evaluation.get_task_family()] = own["seconds"]
             found.append(figures)

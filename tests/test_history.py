@@ -113,7 +113,7 @@ def test_history_from_the_runs_index_adds_up_each_runs_stages(tmp_path, capsys):
     report = tmp_path / "mnist" / "h50-x" / "report"
     report.mkdir(parents=True)
     report.joinpath("report.json").write_text('{"stage_seconds": {"TrainNetwork": 2.5, "CheckGradient": 0.25}}')
-    runs.add_run(tmp_path / "runs.csv", {"run_id": "h50-x", "dataset": "mnist", "train_accuracy": 0.93,
+    runs.add_run(tmp_path, {"run_id": "h50-x", "dataset": "mnist", "train_accuracy": 0.93,
                                          "test_accuracy": 0.9251})
     assert main(["history", "--artifacts-dir", str(tmp_path)]) == 0
     fields = capsys.readouterr().out.splitlines()[1].split()
