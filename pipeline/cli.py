@@ -22,7 +22,7 @@ import socket
 import sys
 from pathlib import Path
 
-from pipeline import __version__, checkpoint, lineage, runs
+from pipeline import __version__, checkpoint, history, lineage, metrics, runs
 from pipeline.errors import CheckpointError, ParameterError, PipelineError
 from pipeline.logs import user_message
 
@@ -66,7 +66,7 @@ def build_parser():
         command.add_argument("--no-lock", action="store_true",
                              help="with --scheduler-host: let several identical workers run on one host "
                                   "(luigi's pid lock turns the second away otherwise)")
-        command.set_defaults(handler=run_command)
+        command.set_defaults(handler=metrics.recorded(run_command, _target))  # metrics of every run and sweep
 
     status = commands.add_parser("status", help="say which tasks of a run are complete, stale or to run; "
                                                 f"exit 0 when all are complete, {EXIT_WOULD_RUN} otherwise")
@@ -115,6 +115,7 @@ def build_parser():
     diff.add_argument("run_b", help="another run directory, or a run id")
     diff.add_argument("--artifacts-dir", default="artifacts", help="where run ids are looked up (default: artifacts)")
     diff.set_defaults(handler=diff_command)
+    history.add_parser(commands)  # mnist-pipeline history (pipeline/history.py)
     return parser
 
 

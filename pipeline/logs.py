@@ -35,6 +35,14 @@ class ConciseErrors(logging.Filter):
     """Replaces the traceback of a record about a user's error with its one-line message."""
 
     def filter(self, record):
+        text = record.getMessage() if isinstance(record.msg, str) else ""
+        if "method:\nTraceback" in text:  # luigi's scheduling error: a traceback as text; keep its last line
+            head, _, trace = text.partition("\nTraceback")
+            last = trace.strip().splitlines()[-1]
+            if last.startswith(("pipeline.errors.", "luigi.parameter.ParameterException")):
+                name, _, message = last.partition(": ")
+                record.msg, record.args = f"{head} {name.rsplit('.', 1)[-1]}: {message}", None
+            return True
         message = user_message(record.exc_info[1]) if record.exc_info else None
         if message:
             record.msg = f"{record.getMessage()}: {message}"

@@ -24,6 +24,17 @@ takes the same arguments as `luigi` and exits:
 A worker that was killed does not block the others for long: the scheduler hands its running
 tasks out again after [scheduler] worker_disconnect_delay (60 s).
 
+A Range task (RangeDailyBase ...) is checked before it is scheduled: a reversed range or
+--of-params its task refuses is a one-line error and `unhandled_exception` (70), as for any
+refused parameter, an unknown task or an unknown --module. The command (main) records its outcome in the metrics luigi.cfg's [metrics]
+names (pipeline/metrics.py).
+
+One luigi internal is used: `luigi.execution_summary._summary_dict`, the per-status task sets
+that luigi's own `luigi.retcodes` reads too. It is looked up before anything runs: a luigi
+without it is a one-line error naming it and the tested versions (pyproject.toml). The rest is
+public API: `luigi.interface.run`, `CmdlineParser`, `luigi.rpc.RemoteScheduler` and the
+scheduler's `dep_graph`.
+
 luigi.cfg: the [retcode] section as it is; nothing else is needed. [worker] wait_interval and
 wait_jitter (luigi's own, 1 s and 5 s by default) set how long an idle worker waits before
 scheduling the task again. Leave [worker] keep_alive false (the default): with it, luigi counts
@@ -31,6 +42,7 @@ a task that failed in another worker as pending, so every other worker waits for
 scheduler's retry_delay (15 minutes) and then runs the failing task again itself.
 """
 
+import datetime
 import logging
 import random
 import sys
@@ -40,10 +52,36 @@ import luigi
 import luigi.execution_summary
 import luigi.interface
 import luigi.retcodes
+import luigi.rpc
+import luigi.task_register
+import luigi.tools.range
 import luigi.worker
 from luigi.cmdline_parser import CmdlineParser
 
+from pipeline import metrics
+from pipeline.errors import ParameterError, PipelineError
+
 logger = logging.getLogger("luigi-interface")
+TESTED = "luigi>=3.5,<3.9"  # keep in step with pyproject.toml
+
+
+def luigi_internal(module, name):
+    """module.name, or a PipelineError naming it: a luigi internal this entry point relies on."""
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        version = getattr(luigi, "__version__", None) or _luigi_version()
+        raise PipelineError(f"luigi {version} has no {module.__name__}.{name}, which mnist-pipeline-luigi "
+                            f"needs: install a tested luigi ({TESTED})") from None
+
+
+def _luigi_version():
+    from importlib import metadata
+
+    try:
+        return metadata.version("luigi")
+    except metadata.PackageNotFoundError:
+        return "(unknown version)"
 
 
 def _own_code(codes, task_sets):
@@ -60,43 +98,107 @@ def _own_code(codes, task_sets):
 
 def _real_failure(codes, task_sets):
     """The code of a condition that no other worker can cure, or 0."""
-    return max(code if task_sets[status] else 0 for code, status in (
+    return max(code if task_sets.get(status) else 0 for code, status in (
         (codes.missing_data, "still_pending_ext"),
         (codes.task_failed, "failed"),
         (codes.scheduling_error, "scheduling_error"),
     ))
 
 
-def _running_elsewhere(worker):
-    """Tasks of this worker's graph that other workers were running when it last asked for work."""
-    responses = worker._get_work_response_history
-    if not responses:
-        return []
-    return [task["task_id"] for task in responses[-1]["running_tasks"] if task.get("worker") != str(worker._id)
-            and task.get("task_id") in worker._scheduled_tasks]
+def scheduler_url(core):
+    """The central scheduler's URL as luigi.interface computes it, or None for --local-scheduler."""
+    if core.local_scheduler:
+        return None
+    return core.scheduler_url or f"http://{core.scheduler_host}:{core.scheduler_port:d}/"
 
 
-def _failed_elsewhere(worker):
-    """Tasks of this worker's graph that the scheduler has as failed or disabled now. Scheduling
-    the graph again would make this worker retry them (luigi sets a failed task back to pending
-    when a worker adds it), so a failure in one worker is not repeated by every other."""
-    failed = set()
-    for status in ("FAILED", "DISABLED"):
-        failed.update(worker._scheduler.task_list(status, "", limit=False) or {})
-    return sorted(failed & set(worker._scheduled_tasks))
+def graph_states(url, root_id):
+    """{task id: status} of the root's graph as the central scheduler has it now ({} without one).
+    After this worker's run returned, a RUNNING task of the graph runs in another worker; a FAILED
+    or DISABLED one failed there."""
+    if url is None:
+        return {}
+    graph = luigi.rpc.RemoteScheduler(url).dep_graph(root_id) or {}
+    return {task_id: info.get("status") for task_id, info in graph.items()}
 
 
-def run(argv):
+def check_range(task):
+    """For a Range task (luigi.tools.range): ParameterError for a reversed range, and the error of
+    its `of` task with --of-params at the first date, before anything is scheduled."""
+    if not isinstance(task, luigi.tools.range.RangeBase):
+        return
+    start, stop = getattr(task, "start", None), getattr(task, "stop", None)
+    if start is not None and stop is not None and start > stop:
+        raise ParameterError(f"invalid range: start {start} is after stop {stop}: give --start before --stop")
+    first = start if start is not None else datetime.date.today()
+    of_params = dict(task.of_params or {})
+    if task.param_name:
+        task.of(**{**of_params, task.param_name: first})
+    else:
+        task.of(first, **of_params)
+
+
+def _refused(error):
+    """The one line of a parameter error of the command, or None for anything else."""
+    if isinstance(error, (PipelineError, luigi.parameter.ParameterException)):
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def run(argv, outcome=None):
     """Run luigi with `argv` (as for the `luigi` command, without the program name) until the
-    requested task is complete or cannot be completed; return the exit code (see the module)."""
+    requested task is complete or cannot be completed; return the exit code (see the module).
+    outcome, a dict, gets "root": the requested task once it is built."""
+    return _run(list(argv), {} if outcome is None else outcome)
+
+
+def record_metrics(argv, code, started, root):
+    """The command's outcome in the metrics luigi.cfg names (pipeline/metrics.py), as "luigi"."""
+    try:
+        runs = metrics.figures_of(root) if code == 0 and root is not None else ()
+        dataset = getattr(root, "dataset", None) or (getattr(root, "of_params", None) or {}).get("dataset")
+        metrics.record("luigi", dataset or _flag(argv, "--dataset"), code, started=started, runs=runs,
+                       run=getattr(root, "sweep_id", None) or getattr(root, "run_id", "") if root is not None else "")
+    except Exception as error:  # a monitor's trouble never changes the exit code
+        logger.warning("metrics: not recorded (%s)", error)
+
+
+def _flag(argv, name):
     argv = list(argv)
-    with CmdlineParser.global_instance(argv):
-        codes = luigi.retcodes.retcode()
-        settings = luigi.worker.worker()
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _run(argv, outcome):
+    codes = luigi.retcodes.retcode()
+    try:
+        with CmdlineParser.global_instance(argv):
+            codes = luigi.retcodes.retcode()
+            settings = luigi.worker.worker()
+    except (luigi.task_register.TaskClassException, ImportError) as error:  # no such task or module
+        logger.error("refused: %s: %s", type(error).__name__, " ".join(str(error).split()))
+        return codes.unhandled_exception
+    try:
+        summary_dict = luigi_internal(luigi.execution_summary, "_summary_dict")
+        with CmdlineParser.global_instance(argv) as parser:
+            root = outcome["root"] = parser.get_task_obj()
+            url = scheduler_url(luigi.interface.core())
+            check_range(root)
+    except Exception as error:
+        message = _refused(error)
+        if message is None:
+            logger.exception("Uncaught exception in luigi")
+        else:
+            logger.error("refused: %s", message)
+        return codes.unhandled_exception
     attempt_argv = argv
     while True:
         try:
-            worker = luigi.interface._run(attempt_argv).worker
+            result = luigi.interface.run(attempt_argv, detailed_summary=True)
         except luigi.interface.PidLockAlreadyTakenExit:
             return codes.already_running
         except Exception:
@@ -104,19 +206,26 @@ def run(argv):
             return codes.unhandled_exception
         try:
             with CmdlineParser.global_instance(attempt_argv):
-                task_sets = luigi.execution_summary._summary_dict(worker)
-                root = luigi.execution_summary._root_task(worker)
+                task_sets = summary_dict(result.worker)
                 failure = _real_failure(codes, task_sets)
                 if failure:
                     return failure
                 if root.complete():
                     return 0
-            waiting_for = _running_elsewhere(worker)
+                states = graph_states(url, root.task_id)
+            # what this worker saw other workers run (luigi's summary), and what the scheduler has running now
+            waiting_for = {task.task_id for task in task_sets.get("run_by_other_worker") or ()}
+            waiting_for |= {task_id for task_id, state in states.items() if state == "RUNNING"}
             if waiting_for:
                 logger.info("%s is not complete; other workers are running %d of its tasks; scheduling "
                             "it again when they are done", root, len(waiting_for))
                 time.sleep(settings.wait_interval + random.uniform(0, settings.wait_jitter))
-            failed = _failed_elsewhere(worker)
+                states = graph_states(url, root.task_id)  # one may have failed meanwhile: not ours to retry
+            failed = sorted(task_id for task_id, state in states.items() if state in ("FAILED", "DISABLED"))
+            if not waiting_for and not failed:
+                with CmdlineParser.global_instance(attempt_argv):
+                    if root.complete():  # finished elsewhere between the check above and the scheduler's answer
+                        return 0
         except Exception:
             logger.exception("Uncaught exception while checking the shared work")
             return codes.unhandled_exception
@@ -130,7 +239,14 @@ def run(argv):
 
 
 def main(argv=None):
-    sys.exit(run(sys.argv[1:] if argv is None else argv))
+    """The mnist-pipeline-luigi command: run(), its outcome recorded in the metrics, its exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    started, outcome, code = time.time(), {}, 1
+    try:
+        code = run(argv, outcome)
+    finally:
+        record_metrics(argv, code, started, outcome.get("root"))
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import numpy as np
 from luigi.parameter import ParameterVisibility
 from threadpoolctl import threadpool_limits
 
-from pipeline import checkpoint, lineage, logs, processed, report, runs, storage
+from pipeline import canary, checkpoint, lineage, logs, processed, report, runs, storage
 from pipeline.atomic import atomic_path, temporaries_of, write_atomically
 from pipeline.download import default_mirrors, fetch_dataset, known_train_size, load_raw_dataset, staging_directories
 from pipeline.errors import DataError, GradientCheckError, ParameterError, PipelineError
@@ -794,6 +794,7 @@ class EvaluateNetwork(RunTask):
             stage_seconds={name: record.get("seconds") for name, record in records.items() if record},
             created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         files = report.write_report(self.run_dir / "report", built)
+        canary.check_run(self.run_dir, self.hyperparameters(), model.params, built["digests"]["data"], logger)  # ops
         logger.info("%s: final test accuracy %.4f, report in %s", self.run_id, rows[-1]["test_accuracy"],
                     self.artifacts_root.where(self.run_dir / "report"))
         return files

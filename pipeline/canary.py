@@ -1,0 +1,153 @@
+"""The reproducibility canary: a dated run against the newest earlier date's run of the same
+parameters. Same data and parameters must give the same weights, bit for bit; when they do
+not, say what changed in the environment between the two.
+
+A run's record (a dict): {"weights_sha256": str, "data_sha256": {file name: sha256},
+"environment": environment(), "date": "YYYY-MM-DD", "run_id": str}.
+
+    compare(current, previous) -> (status, message), status one of STATUSES
+
+Pure but for environment() (reads /proc/cpuinfo) and check_run(), which keeps each dated run's
+record in <run dir>/canary.json and compares it with its siblings'.
+"""
+
+import hashlib
+import json
+import platform
+import sys
+from importlib import metadata
+
+STATUSES = ("reproducible", "different-bits", "different-data", "no-previous")
+PARAM_ORDER = ("W1", "b1", "W2", "b2")
+
+
+def weights_sha256(params):
+    """sha256 (hex) of the weights: each of W1, b1, W2, b2 in turn as name, dtype, shape and its
+    C-order bytes. params: {name: numpy array}; equal digests mean bit-identical weights."""
+    digest = hashlib.sha256()
+    for name in PARAM_ORDER:
+        array = params[name]
+        digest.update(f"{name}:{array.dtype.str}:{list(array.shape)}\n".encode())
+        digest.update(array.tobytes(order="C"))
+    return digest.hexdigest()
+
+
+def environment():
+    """What the last bits of a training depend on, as plain JSON values: versions of Python,
+    numpy, its BLAS, h5py and luigi, the BLAS thread count in force now, the CPU and its flags."""
+    facts = {"python": platform.python_version(), "numpy": _version("numpy"), "h5py": _version("h5py"),
+             "luigi": _version("luigi"), "machine": platform.machine()}
+    blas = _blas()
+    facts.update({"blas": blas.get("library", ""), "blas_version": blas.get("version", ""),
+                  "blas_architecture": blas.get("architecture", ""), "blas_threads": blas.get("threads")})
+    facts["cpu_flags"] = _cpu_flags()
+    return facts
+
+
+def _version(package):
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def _blas():
+    """The first BLAS threadpoolctl finds loaded (numpy's once numpy is imported)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return {}
+    if "numpy" not in sys.modules:
+        import numpy  # noqa: F401  (loads the BLAS threadpoolctl reports)
+    for pool in threadpool_info():
+        if pool.get("user_api") == "blas":
+            return {"library": f"{pool.get('internal_api')} {pool.get('prefix', '')}".strip(),
+                    "version": pool.get("version") or "", "architecture": pool.get("architecture") or "",
+                    "threads": pool.get("num_threads")}
+    return {}
+
+
+def _cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The CPU's feature flags, sorted ([] where /proc/cpuinfo has none, e.g. not Linux)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return sorted(set(value.split()))
+    except OSError:
+        pass
+    return []
+
+
+def newest_earlier(records, date):
+    """The record with the latest "date" before `date` (ISO strings compare as dates), or None."""
+    earlier = [r for r in records if r.get("date") and r["date"] < date]
+    return max(earlier, key=lambda r: r["date"]) if earlier else None
+
+
+def environment_changes(before, after):
+    """["numpy 2.4.6 -> 2.5.0", "cpu_flags +avx512f -sse4a", ...] for every fact that differs."""
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        if isinstance(old, list) or isinstance(new, list):
+            added = sorted(set(new or []) - set(old or []))
+            removed = sorted(set(old or []) - set(new or []))
+            changes.append(f"{key} " + " ".join([f"+{f}" for f in added] + [f"-{f}" for f in removed]))
+        else:
+            changes.append(f"{key} {old} -> {new}")
+    return changes
+
+
+def compare(current, previous):
+    """(status, one-line message) for a run's record against the previous date's (or None)."""
+    if previous is None:
+        return "no-previous", f"{current['run_id']}: no earlier dated run of the same parameters to compare with"
+    against = f"{previous['run_id']} of {previous.get('date')}"
+    data_now, data_then = current.get("data_sha256") or {}, previous.get("data_sha256") or {}
+    if data_now != data_then:
+        changed = sorted(name for name in set(data_now) | set(data_then) if data_now.get(name) != data_then.get(name))
+        return "different-data", (f"{current['run_id']}: trained on other data than {against} (changed: "
+                                  f"{', '.join(changed)}); its weights are not expected to match")
+    changes = environment_changes(previous.get("environment") or {}, current.get("environment") or {})
+    if current["weights_sha256"] == previous["weights_sha256"]:
+        despite = f" (changed since, without effect: {'; '.join(changes)})" if changes else ""
+        return "reproducible", f"{current['run_id']}: weights bit-identical to {against}{despite}"
+    what = "; ".join(changes) if changes else "nothing recorded changed (a non-deterministic computation?)"
+    return "different-bits", (f"{current['run_id']}: weights differ from {against} with the same data and "
+                              f"parameters; changed since: {what}")
+
+
+def check_run(run_dir, hyperparameters, params, data_sha256, log=None):
+    """For a dated run (hyperparameters["date"]): its record compared with the newest earlier
+    date's run of the same other hyperparameters among the sibling run directories; the record,
+    status and message written to run_dir/canary.json atomically; (status, message) returned and
+    logged (a warning for different bits). None for an undated run."""
+    from pathlib import Path
+
+    from pipeline.atomic import write_atomically
+
+    date = hyperparameters.get("date")
+    if not date:
+        return None
+    run_dir = Path(run_dir)
+    same = {k: v for k, v in hyperparameters.items() if k != "date"}
+    current = {"weights_sha256": weights_sha256(params), "data_sha256": dict(data_sha256),
+               "environment": environment(), "date": str(date), "run_id": run_dir.name, "parameters": same}
+    candidates = []
+    for sibling in run_dir.parent.glob("*/canary.json"):
+        try:
+            found = json.loads(sibling.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(found, dict) and found.get("parameters") == same and found.get("run_id") != run_dir.name:
+            candidates.append(found)
+    status, message = compare(current, newest_earlier(candidates, str(date)))
+    write_atomically(run_dir / "canary.json", json.dumps({**current, "status": status, "message": message},
+                                                         indent=1, sort_keys=True) + "\n")
+    if log is not None:
+        (log.warning if status == "different-bits" else log.info)("canary: %s", message)
+    return status, message
