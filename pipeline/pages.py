@@ -1067,7 +1067,10 @@ def _sweeps_table(sweeps, runs):
         href, best = _safe_href(sweep.get("href")), str(sweep.get("best_run_id") or "")
         name = _esc(sweep.get("sweep_id"))
         best_href = _safe_href(sweep.get("best_href")) or hrefs.get(best, "")
-        best_text = f'<a href="{_esc(best_href)}">{_esc(best)}</a>' if best_href else (_esc(best) or "—")
+        if best and best not in hrefs:  # removed since (gc): the sweep's own page still names it
+            best, best_text = "", '<span class="muted">no longer in the index</span>'
+        else:
+            best_text = f'<a href="{_esc(best_href)}">{_esc(best)}</a>' if best_href else (_esc(best) or "—")
         rows.append('<tr>' + _td(sweep.get("sweep_id"), f'<a href="{_esc(href)}">{name}</a>' if href else name,
                                  "sweep_id", cls="mono")
                     + _td(sweep.get("dataset"), None, "dataset", cls="")

@@ -314,6 +314,8 @@ def test_index_lists_the_sweeps_with_links_to_them_and_their_best_runs():
     assert '<a href="mnist/sweeps/sweep-aa/index.html">sweep-aa</a>' in page
     assert f'<a href="{rows[2]["href"]}">{rows[2]["run_id"]}</a></td>' in page.split('id="sweeps"')[1]
     assert 'id="sweep-count" data-value="0"' in index_page(rows)
+    page = index_page(rows[:2], sweeps=sweeps)  # the best run removed since: not named, not linked
+    assert rows[2]["run_id"] not in page and "no longer in the index" in page
 
 
 # --- pages in a browser -----------------------------------------------------------------------
