@@ -6,22 +6,29 @@ and offline. Every figure taken from the input dicts is also kept exactly, in a
 `data-value` attribute (Python's repr for floats, which JavaScript's parseFloat reads back
 to the same double), next to the rounded text a reader sees.
 
-    run_page(report)            one run's report
-    index_page(runs)            every run: a sortable table, and a plot comparing the chosen runs
+    run_page(report)            one run's report, linked to the runs index
+    index_page(runs, sweeps)    every run and sweep: sortable tables, and plots comparing the chosen runs
     sweep_page(sweep_id, runs)  a sweep's runs, best final test accuracy first, all curves together
-    line_plot(series, ...)      the SVG line plot the three pages share
+    line_plot(series, ...)      the SVG line plot the three pages share, lines cut to its axes
     plots(report)               a run's plots as stand-alone SVG files (report.md shows them)
+
+Links between pages are relative (a copied tree or a bucket keeps them working); pictures
+are PNG data: URIs.
 """
 
+import base64
 import datetime
 import html
 import json
 import math
 import numbers
+import struct
+import zlib
 
 import numpy as np
 
-__all__ = ["run_page", "index_page", "sweep_page", "line_plot", "plots", "sweep_plot"]
+__all__ = ["run_page", "index_page", "sweep_page", "line_plot", "plots", "sweep_plot", "curves_of",
+           "clipped_path", "png_data_uri", "METRICS"]
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
            "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -64,7 +71,8 @@ td.barcell { width: 220px; }
 table.confusion td { text-align: right; min-width: 44px; font-variant-numeric: tabular-nums; border: 1px solid #fff; }
 table.confusion th.pred { writing-mode: vertical-rl; transform: rotate(180deg); text-align: left;
                           font-weight: 500; font-size: 12px; padding: 6px 2px; vertical-align: bottom; }
-table.confusion th.true { font-weight: 500; font-size: 12px; white-space: nowrap; }
+table.confusion th.true, table.confusion th.sum { font-weight: 500; font-size: 12px; white-space: nowrap; }
+table.confusion th.sum { color: var(--muted); }
 table.confusion th.corner { font-size: 12px; color: var(--muted); vertical-align: bottom; }
 .scroll { overflow-x: auto; }
 table.sortable th[data-type] { cursor: pointer; user-select: none; }
@@ -82,6 +90,21 @@ table.runs td[data-key=finished_at] { white-space: normal; }
 .nw { white-space: nowrap; }
 table.runs thead th { white-space: normal; vertical-align: bottom; min-width: 3.5em; }
 table.runs thead th[data-key=best_test_accuracy] { min-width: 9em; }
+nav.crumbs { margin: 0 0 10px; font-size: 13px; }
+.side { display: flex; flex-wrap: wrap; gap: 8px 28px; align-items: flex-start; }
+.side > div { min-width: 0; max-width: 100%; } .side > div + div { flex: 1 1 0; min-width: 300px; }
+.side p { max-width: 36em; }
+#per-class td.barcell { width: 80px; }
+.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(120px, 1fr)); gap: 10px; margin: 8px 0; }
+figure.mistake { margin: 0; padding: 6px; background: var(--panel); border: 1px solid var(--line); border-radius: 6px;
+                 text-align: center; font-size: 12px; line-height: 1.35; }
+figure.mistake img { image-rendering: pixelated; display: block; margin: 0 auto 4px; background: #000; }
+figure.mistake .pred { color: #c62828; font-weight: 600; }
+figure.mistake .true { color: #2e7d32; font-weight: 600; }
+.state { display: inline-block; padding: 0 8px; border-radius: 8px; font-size: 12px; }
+.state.ran { background: #e3efff; color: #1f5fa8; } .state.cached { background: #eceff3; color: #5b6475; }
+.bar.old { background: #c5ccd8; }
+select { font: inherit; padding: 2px 4px; }
 .note { background: #fff8e1; border: 1px solid #f3d98b; border-radius: 6px; padding: 8px 12px; }
 """
 
@@ -221,6 +244,50 @@ def _text_width(text, size=12):
     return 0.62 * size * len(text)
 
 
+def _clip_segment(ax, ay, bx, by, box):
+    """The part of the segment a-b inside box (left, top, right, bottom), or None (Liang-Barsky)."""
+    left, top, right, bottom = box
+    t0, t1, dx, dy = 0.0, 1.0, bx - ax, by - ay
+    for p, q in ((-dx, ax - left), (dx, right - ax), (-dy, ay - top), (dy, bottom - ay)):
+        if p == 0:
+            if q < 0:
+                return None
+        elif p < 0:
+            t0 = max(t0, q / p)
+        else:
+            t1 = min(t1, q / p)
+    if t0 > t1:
+        return None
+    return (ax + t0 * dx, ay + t0 * dy), (ax + t1 * dx, ay + t1 * dy)
+
+
+def _inside(x, y, box):
+    return box[0] <= x <= box[2] and box[1] <= y <= box[3]
+
+
+def clipped_path(pixels, box):
+    """SVG path data through pixel points [(x, y)], cut to box (left, top, right, bottom): what
+    lies outside is dropped and a segment crossing an edge ends on it, so every coordinate of
+    the path lies in the box. A lone point inside is drawn as a dot."""
+    def at(x, y):
+        return f"{min(max(x, box[0]), box[2]):.1f} {min(max(y, box[1]), box[3]):.1f}"
+
+    if len(pixels) == 1:
+        return f"M{at(*pixels[0])}h0" if _inside(*pixels[0], box) else ""
+    parts, pen = [], None
+    for (ax, ay), (bx, by) in zip(pixels, pixels[1:]):
+        segment = _clip_segment(ax, ay, bx, by, box)
+        if segment is None:
+            pen = None
+            continue
+        start, end = at(*segment[0]), at(*segment[1])
+        if start != pen:
+            parts.append(f"M{start}")
+        parts.append(f"L{end}")
+        pen = end
+    return "".join(parts)
+
+
 def line_plot(series, *, title, x_label, y_label, plot_id, x_range=None, y_range=None, y_bounds=None,
               width=640, height=300, markers=None, standalone=False) -> str:
     """An <svg> line plot: title, axes with ticks and labels, grid, and a legend below.
@@ -228,8 +295,9 @@ def line_plot(series, *, title, x_label, y_label, plot_id, x_range=None, y_range
     series: [{"label": str, "points": [(x, y), ...], "color": optional css colour,
     "dash": optional stroke-dasharray, "band": optional [(x, low, high), ...] drawn shaded}].
     Ranges default to the data's, padded to round numbers (y kept inside y_bounds if given).
-    Lines are <polyline class="line"> in <g class="series">; the svg's data-* attributes give
-    the data-to-pixel mapping, so a script can add lines of its own. `plot_id` becomes the
+    Lines are <path class="line"> in <g class="series">, cut where they leave the plot box (no
+    coordinate lies outside it); the svg's data-* attributes give the data-to-pixel mapping, so
+    a script can add lines of its own. `plot_id` becomes the
     svg's id (and names its clip path). markers: dots at the points (default: 30 points or fewer).
     standalone: sized and styled for a file of its own rather than a page.
     """
@@ -278,6 +346,7 @@ def line_plot(series, *, title, x_label, y_label, plot_id, x_range=None, y_range
         return f' stroke-dasharray="{d}"' if d else ""
 
     clip = f"{plot_id}-clip"
+    box = (left, top, left + plot_w, top + plot_h)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" id="{_esc(plot_id)}" '
            f'viewBox="0 0 {width} {total_h}" role="img" aria-label="{_esc(title)}" '
            f'data-x-min="{x0!r}" data-x-max="{x1!r}" data-y-min="{y0!r}" data-y-max="{y1!r}" '
@@ -285,8 +354,8 @@ def line_plot(series, *, title, x_label, y_label, plot_id, x_range=None, y_range
            + (f'width="{width}" height="{total_h}" font-family="DejaVu Sans, Arial, sans-serif">' if standalone
               else f'style="max-width:{width}px">'),
            f"<title>{_esc(title)}</title>",
-           f'<defs><clipPath id="{_esc(clip)}"><rect x="{left - 4}" y="{top - 4}" width="{plot_w + 8}" '
-           f'height="{plot_h + 8}"/></clipPath></defs>',
+           f'<defs><clipPath id="{_esc(clip)}"><rect x="{left}" y="{top}" width="{plot_w}" '
+           f'height="{plot_h}"/></clipPath></defs>',
            f'<text x="{left + plot_w / 2:.1f}" y="20" text-anchor="middle" font-size="14" '
            f'font-weight="600">{_esc(title)}</text>']
     y_ticks, y_step = _ticks(y0, y1, 5)
@@ -307,6 +376,7 @@ def line_plot(series, *, title, x_label, y_label, plot_id, x_range=None, y_range
     out.append(f'<text transform="translate(15 {top + plot_h / 2:.1f}) rotate(-90)" text-anchor="middle" '
                f'font-size="12">{_esc(y_label)}</text>')
     out.append(f'<g class="series" clip-path="url(#{_esc(clip)})">')
+    dots = []
     for index, s in enumerate(series):
         band = [b for b in s.get("band", ()) if all(_finite(v) for v in b)]
         if band:
@@ -314,16 +384,17 @@ def line_plot(series, *, title, x_label, y_label, plot_id, x_range=None, y_range
             lower = " ".join(f"{px(x):.1f},{py(lo):.1f}" for x, lo, hi in reversed(band))
             out.append(f'<polygon class="band" points="{upper} {lower}" fill="{color(index)}" '
                        f'fill-opacity="0.18" stroke="none"/>')
-        points = [(x, y) for x, y in s.get("points", ()) if _finite(x) and _finite(y)]
+        points = [(px(x), py(y)) for x, y in s.get("points", ()) if _finite(x) and _finite(y)]
         if points:
-            coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in points)
-            out.append(f'<polyline class="line" data-label="{_esc(s.get("label", ""))}" points="{coords}" '
-                       f'fill="none" stroke="{color(index)}" stroke-width="2" stroke-linejoin="round"'
-                       f'{dash(index)}/>')
-            if markers if markers is not None else len(points) <= 30:
-                out.append("".join(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.6" fill="{color(index)}"/>'
-                                   for x, y in points))
+            out.append(f'<path class="line" data-label="{_esc(s.get("label", ""))}" d="{clipped_path(points, box)}" '
+                       f'fill="none" stroke="{color(index)}" stroke-width="2" stroke-linejoin="round" '
+                       f'stroke-linecap="round"{dash(index)}/>')
+            if markers if markers is not None else len(points) <= 30:  # whole dots, outside the clip
+                dots.append("".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.6" fill="{color(index)}"/>'
+                                    for x, y in points if _inside(x, y, box)))
     out.append("</g>")
+    if dots:
+        out.append(f'<g class="markers">{"".join(dots)}</g>')
     if not series:
         out.append(f'<text class="empty" x="{left + plot_w / 2:.1f}" y="{top + plot_h / 2:.1f}" '
                    f'text-anchor="middle" font-size="12" fill="#888">no data</text>')
@@ -339,10 +410,19 @@ def line_plot(series, *, title, x_label, y_label, plot_id, x_range=None, y_range
 # ---------------------------------------------------------------------------------------------
 # one run
 
+METRICS = {  # key of an epoch row: how the pages name it
+    "test_accuracy": "test accuracy", "train_accuracy": "train accuracy", "validation_accuracy": "validation accuracy",
+    "test_loss": "test-set loss", "train_loss": "train-set loss", "validation_loss": "validation-set loss"}
+
+
 def _class_names(report):
     names = report.get("class_names") or []
     count = len(report.get("confusion_matrix") or []) or len(report.get("per_class_accuracy") or []) or len(names)
     return [str(names[k]) if k < len(names) else str(k) for k in range(max(count, len(names)))]
+
+
+def _has(rows, key):
+    return any(_finite(row.get(key)) for row in rows)
 
 
 def _minibatch_series(losses):
@@ -373,32 +453,37 @@ def _card(element_id, label, value, text):
             f'<div class="value" id="{_esc(element_id)}" data-value="{_esc(_exact(value))}">{text}</div></div>')
 
 
+def _epoch_keys(epochs):
+    """The figures of the epoch rows, in table order: train, validation (when present), test."""
+    keys = ["train_accuracy", "validation_accuracy", "test_accuracy", "train_loss", "validation_loss", "test_loss"]
+    return [key for key in keys if not key.startswith("validation") or _has(epochs, key)]
+
+
 def _epochs_section(report):
     epochs = report.get("epochs") or []
     final = report.get("final") or (epochs[-1] if epochs else {})
-    cards = "".join(_card(f"final-{key}", label, final.get(key), _fixed(final.get(key)))
-                    for key, label in (("test_accuracy", "final test accuracy"),
-                                       ("train_accuracy", "final train accuracy"),
-                                       ("test_loss", "final test loss"), ("train_loss", "final train loss")))
+    cards = "".join(_card(f"final-{key}", f"final {METRICS[key]}", final.get(key), _fixed(final.get(key)))
+                    for key in ("test_accuracy", "validation_accuracy", "train_accuracy", "test_loss",
+                                "validation_loss", "train_loss")
+                    if not key.startswith("validation") or _finite(final.get(key)))
     cards += _card("final-epoch", "epochs trained", final.get("epoch"), _epoch_text(final.get("epoch")))
     cards += _card("final-iteration", "iterations", final.get("iteration"), _esc(final.get("iteration", "—")))
 
+    keys = _epoch_keys(epochs)
     accuracy, loss = _accuracy_plot(epochs), _loss_plot(epochs)
     rows = []
     for index, row in enumerate(epochs):
         cls = ' class="final"' if index == len(epochs) - 1 else ""
         rows.append(f"<tr{cls}>" + _td(row.get("epoch"), _epoch_text(row.get("epoch")), "epoch")
                     + _td(row.get("iteration"), None, "iteration")
-                    + "".join(_td(row.get(key), _fixed(row.get(key)), key)
-                              for key in ("train_accuracy", "test_accuracy", "train_loss", "test_loss"))
-                    + "</tr>")
+                    + "".join(_td(row.get(key), _fixed(row.get(key)), key) for key in keys) + "</tr>")
+    heads = "".join(f'<th class="num">{_esc(METRICS[key])}</th>' for key in keys)
     table = ('<table id="epochs"><thead><tr><th class="num">epoch</th><th class="num">iteration</th>'
-             '<th class="num">train accuracy</th><th class="num">test accuracy</th>'
-             '<th class="num">train loss</th><th class="num">test loss</th></tr></thead>'
-             f'<tbody>{"".join(rows)}</tbody></table>'
-             '<p class="muted">The last row is the final model. Accuracy and loss over the whole training '
-             'and test sets, at each evaluated checkpoint.</p>')
-    return (f'<div class="cards">{cards}</div><h2>Accuracy and loss per epoch</h2>'
+             f'{heads}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+             '<p class="muted">The last row is the final model. Accuracy and mean cross-entropy over the whole '
+             'training' + (', validation' if "validation_accuracy" in keys else '')
+             + ' and test sets, at each evaluated checkpoint.</p>')
+    return (f'<div class="cards">{cards}</div><h2 id="per-epoch">Accuracy and loss per epoch</h2>'
             f'<div class="plots"><div>{accuracy}</div><div>{loss}</div></div>{table}')
 
 
@@ -406,18 +491,22 @@ def _epoch_curve(epochs, key):
     return [(row.get("epoch"), row.get(key)) for row in epochs]
 
 
+def _split_series(epochs, kind):
+    return [{"label": part, "points": _epoch_curve(epochs, f"{part}_{kind}"), "color": color}
+            for part, color in (("train", PALETTE[0]), ("validation", PALETTE[2]), ("test", PALETTE[1]))
+            if part != "validation" or _has(epochs, f"validation_{kind}")]
+
+
 def _accuracy_plot(epochs, standalone=False):
-    return line_plot([{"label": "train", "points": _epoch_curve(epochs, "train_accuracy")},
-                      {"label": "test", "points": _epoch_curve(epochs, "test_accuracy")}],
-                     title="Accuracy per epoch", x_label="epoch", y_label="accuracy", plot_id="accuracy-plot",
-                     y_bounds=(0.0, 1.0), width=560, height=300, standalone=standalone)
+    return line_plot(_split_series(epochs, "accuracy"), title="Accuracy per epoch", x_label="epoch",
+                     y_label="accuracy", plot_id="accuracy-plot", y_bounds=(0.0, 1.0), width=560, height=300,
+                     standalone=standalone)
 
 
 def _loss_plot(epochs, standalone=False):
-    return line_plot([{"label": "train", "points": _epoch_curve(epochs, "train_loss")},
-                      {"label": "test", "points": _epoch_curve(epochs, "test_loss")}],
-                     title="Loss per epoch (cross-entropy)", x_label="epoch", y_label="loss", plot_id="loss-plot",
-                     y_bounds=(0.0, math.inf), width=560, height=300, standalone=standalone)
+    return line_plot(_split_series(epochs, "loss"), title="Loss per epoch (cross-entropy)", x_label="epoch",
+                     y_label="loss", plot_id="loss-plot", y_bounds=(0.0, math.inf), width=560, height=300,
+                     standalone=standalone)
 
 
 def _minibatch_plot(losses, standalone=False):
@@ -459,12 +548,20 @@ def _heat(fraction, diagonal):
     return background, ("#ffffff" if light < 60 else "#1d2330")
 
 
+def _shares(matrix, axis):
+    """Diagonal over row (axis=1: recall) or column (axis=0: precision) sums; None where the sum is 0."""
+    matrix = np.asarray(matrix, dtype=np.int64)
+    totals = matrix.sum(axis=axis)
+    return [float(matrix[k, k] / totals[k]) if totals[k] else None for k in range(matrix.shape[0])]
+
+
 def _confusion_section(report):
     matrix = report.get("confusion_matrix")
     names = _class_names(report)
-    accuracy = report.get("per_class_accuracy") or []
     if not matrix:
         return "<h2>Confusion matrix</h2><p class=\"muted\">not recorded</p>"
+    recall = report.get("per_class_accuracy") or _shares(matrix, 1)
+    precision = report.get("per_class_precision") or _shares(matrix, 0)
     heads = "".join(f'<th class="pred" scope="col" title="predicted {_esc(names[k])}">{_esc(names[k])}</th>'
                     for k in range(len(matrix[0])))
     rows = []
@@ -478,26 +575,85 @@ def _confusion_section(report):
                          f'title="true {_esc(names[i])}, predicted {_esc(names[j])}: {int(count)}">{int(count)}</td>')
         rows.append(f'<tr><th class="true" scope="row">{_esc(names[i])}</th>{"".join(cells)}'
                     f'<td class="num" data-key="total" data-value="{total}" style="color:#5b6475">{total}</td></tr>')
+    column_totals = [sum(int(row[j]) for row in matrix) for j in range(len(matrix[0]))]
+    footer = ('<tfoot><tr><th class="sum" scope="row">predicted as it</th>' + "".join(
+        f'<td data-key="predicted" data-value="{t}" style="color:#5b6475">{t}</td>' for t in column_totals)
+        + "<td></td></tr></tfoot>")
     confusion = ('<div class="scroll"><table class="confusion" id="confusion"><thead><tr>'
                  '<th class="corner">true ↓ · predicted →</th>'
-                 f'{heads}<th class="pred">total</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+                 f'{heads}<th class="pred">total</th></tr></thead><tbody>{"".join(rows)}</tbody>{footer}</table></div>'
                  '<p class="muted">Test set. Rows: true class; columns: predicted class. Blue: correct, '
                  'red: mistakes; the darker, the larger the share of the row.</p>')
     per_class = []
     for k, name in enumerate(names):
-        value = accuracy[k] if k < len(accuracy) else None
+        r = recall[k] if k < len(recall) else None
+        p = precision[k] if k < len(precision) else None
         samples = sum(int(c) for c in matrix[k]) if k < len(matrix) else None
-        text = _fixed(value) if value is not None else "no samples"
-        width = f"{100 * float(value):.1f}" if _finite(value) else "0"
+        predicted = column_totals[k] if k < len(column_totals) else None
+        width = f"{100 * float(r):.1f}" if _finite(r) else "0"
         per_class.append(f'<tr><td data-key="class" data-value="{_esc(name)}">{_esc(name)}</td>'
-                         + _td(value, text, "accuracy") + _td(samples, None, "samples")
+                         + _td(p, _fixed(p) if p is not None else "never predicted", "precision",
+                               extra=f' title="{_esc(predicted)} predicted as {_esc(name)}"')
+                         + _td(r, _fixed(r) if r is not None else "no samples", "recall",
+                               extra=f' title="{_esc(samples)} test images of {_esc(name)}"')
                          + f'<td class="barcell"><div class="bar" style="width:{width}%"></div></td></tr>')
-    per_class_table = ('<table id="per-class"><thead><tr><th>class</th><th class="num">accuracy</th>'
-                       '<th class="num">test samples</th><th></th></tr></thead>'
+    per_class_table = ('<table id="per-class"><thead><tr><th>class</th><th class="num">precision</th>'
+                       '<th class="num">recall</th><th></th></tr></thead>'
                        f'<tbody>{"".join(per_class)}</tbody></table>'
-                       '<p class="muted">Accuracy of a class: the share of its test images predicted as it '
-                       '(recall).</p>')
-    return f"<h2>Confusion matrix</h2>{confusion}<h2>Accuracy per class</h2>{per_class_table}"
+                       '<p class="muted">Recall of a class (its accuracy): the share of its test images predicted '
+                       'as it, the diagonal cell over its row\'s total. Precision: the share of the images '
+                       'predicted as it that are of it, the diagonal cell over its column\'s total.</p>')
+    return ('<h2 id="classes">Confusion matrix, precision and recall per class</h2>'
+            f'<div class="side"><div>{confusion}</div><div>{per_class_table}</div></div>')
+
+
+def png_data_uri(pixels, width, height):
+    """A grayscale PNG (8 bits) of `pixels` (ints 0-255, row by row) as a data: URI."""
+    values = bytes(min(255, max(0, int(v))) for v in pixels)
+    if len(values) != width * height:
+        raise ValueError(f"{len(values)} pixels do not fill {width}x{height}")
+    raw = b"".join(b"\x00" + values[r * width:(r + 1) * width] for r in range(height))
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _mistakes_section(report):
+    mistakes = report.get("mistakes")
+    if mistakes is None:
+        return ""
+    names = _class_names(report)
+    if not mistakes:
+        return ('<h2 id="mistakes">Most confident mistakes</h2>'
+                '<p class="muted" id="mistakes-none">The final model gets no test image wrong.</p>')
+
+    def name(k):
+        return names[k] if isinstance(k, int) and 0 <= k < len(names) else str(k)
+
+    items = []
+    for m in mistakes:
+        pixels = m.get("pixels") or []
+        side = math.isqrt(len(pixels))
+        picture = (f'<img src="{png_data_uri(pixels, side, side)}" width="{side * 3}" height="{side * 3}" '
+                   f'alt="test image {_esc(m.get("index"))}">' if pixels and side * side == len(pixels)
+                   else '<div class="muted">no picture</div>')
+        confidence = m.get("confidence")
+        items.append(
+            f'<figure class="mistake" data-index="{_esc(m.get("index"))}" data-true="{_esc(m.get("true"))}" '
+            f'data-predicted="{_esc(m.get("predicted"))}" data-confidence="{_esc(_exact(confidence))}">{picture}'
+            f'<figcaption><span class="pred">{_esc(name(m.get("predicted")))}</span> '
+            f'<span class="conf nw">{_fixed(100 * confidence if _finite(confidence) else None, 1)} %</span><br>'
+            f'<span class="muted">true</span> <span class="true">{_esc(name(m.get("true")))}</span><br>'
+            f'<span class="muted">test image #{_esc(m.get("index"))}</span></figcaption></figure>')
+    return ('<h2 id="mistakes">Most confident mistakes</h2>'
+            f'<div class="gallery">{"".join(items)}</div>'
+            '<p class="muted">The test images the final model gets wrong with the highest confidence, most '
+            'confident first. Under each: the class it predicted (red) and the probability it gave it, the true '
+            'class (green) and the image\'s place in the test set.</p>')
 
 
 def _gradient_section(report):
@@ -557,41 +713,78 @@ def _digest_section(report):
 
 
 def _stage_section(report):
-    seconds = report.get("stage_seconds") or {}
-    names = list(STAGES) + [name for name in seconds if name not in STAGES]
-    longest = max([float(v) for v in seconds.values() if _finite(v)] or [0.0])
+    stages = report.get("stages")
+    if not stages:
+        return '<h2>Time per stage</h2><p class="muted" id="stages">not recorded</p>'
+    longest = max([float(s["seconds"]) for s in stages if _finite(s.get("seconds"))] or [0.0])
     rows = []
-    for name in names:
-        value = seconds.get(name)
-        if _finite(value):
-            width = 100 * float(value) / longest if longest > 0 else 0
-            rows.append(f'<tr><th scope="row">{_esc(name)}</th>' + _td(value, f"{float(value):.2f} s", name)
-                        + f'<td class="barcell"><div class="bar" style="width:{width:.1f}%"></div></td></tr>')
-        else:
-            rows.append(f'<tr><th scope="row">{_esc(name)}</th><td class="num muted" data-key="{_esc(name)}" '
-                        'data-value="">cached</td><td class="barcell"></td></tr>')
-    total = sum(float(v) for v in seconds.values() if _finite(v))
-    rows.append('<tr class="final"><th scope="row">total</th>' + _td(total, f"{total:.2f} s", "total")
-                + "<td></td></tr>")
-    return ('<h2>Time per stage</h2><table id="stages"><tbody>' + "".join(rows) + "</tbody></table>"
-            '<p class="muted">Wall-clock seconds of each pipeline task in the run that wrote this report; '
-            '"cached": its output already existed, so it did not run.</p>')
+    for stage in stages:
+        name, state, seconds = stage.get("task"), stage.get("state"), stage.get("seconds")
+        ran = state == "ran"
+        width = 100 * float(seconds) / longest if _finite(seconds) and longest > 0 else 0
+        text = f"{float(seconds):.2f} s" if _finite(seconds) else "—"
+        rows.append(f'<tr data-task="{_esc(name)}" data-state="{_esc(state)}"><th scope="row">{_esc(name)}</th>'
+                    f'<td data-key="state"><span class="state {"ran" if ran else "cached"}">{_esc(state)}</span></td>'
+                    + _td(seconds, text, name, cls="num" if ran else "num muted")
+                    + f'<td class="barcell"><div class="bar{"" if ran else " old"}" style="width:{width:.1f}%">'
+                    '</div></td>' + _td(stage.get("finished_at"), _time_text(stage.get("finished_at")), "finished_at",
+                                        cls="") + "</tr>")
+    total = sum(float(s["seconds"]) for s in stages if s.get("state") == "ran" and _finite(s.get("seconds")))
+    rows.append('<tr class="final"><th scope="row">this command</th><td></td>'
+                + _td(total, f"{total:.2f} s", "total") + "<td></td><td></td></tr>")
+    return ('<h2>Time per stage</h2><table id="stages"><thead><tr><th>task</th><th>state</th>'
+            '<th class="num">seconds</th><th></th><th>finished (UTC)</th></tr></thead><tbody>'
+            + "".join(rows) + "</tbody></table>"
+            '<p class="muted">"ran": the task made its output in the command that wrote this report; "cached": '
+            'its output was there already, and its seconds (in grey) are those it took when it was made. '
+            'The total adds up the stages that ran.</p>')
 
 
-def run_page(report: dict) -> str:
-    """The HTML page of one run's report dict (run_id, dataset, class_names, hyperparameters,
-    epochs, final, minibatch_loss, confusion_matrix, per_class_accuracy, gradient_check,
-    digests, checkpoints, stage_seconds, created_at, package_version; missing parts show as
-    'not recorded'). Self-contained, no script; the mini-batch loss is binned, so the page
+def _environment_section(report):
+    environment = report.get("environment")
+    if not environment:
+        return '<h2>Environment</h2><p class="muted" id="environment">not recorded</p>'
+    labels = {"python": "Python", "python_implementation": "implementation", "platform": "platform",
+              "numpy": "numpy", "h5py": "h5py", "hdf5": "HDF5", "luigi": "luigi", "mnist-pipeline": "mnist-pipeline"}
+    rows = [f'<tr><th scope="row">{_esc(labels.get(key, key))}</th><td class="mono" data-key="{_esc(key)}" '
+            f'data-value="{_esc(value)}">{_esc(value)}</td></tr>'
+            for key, value in environment.items() if not isinstance(value, dict)]
+    blas = environment.get("blas") or {}
+    if blas:
+        built = f'{blas.get("name", "?")} {blas.get("version", "")}'.strip()
+        loaded = (f'; loaded: {blas.get("loaded")} {blas.get("loaded_version", "")}, {blas.get("threads", "?")} '
+                  f'thread(s), {blas.get("architecture", "")}' if blas.get("loaded") else "")
+        rows.append(f'<tr><th scope="row">BLAS (numpy)</th><td class="mono" data-key="blas" '
+                    f'data-value="{_esc(json.dumps(blas, sort_keys=True))}">built with {_esc(built)}{_esc(loaded)}'
+                    '</td></tr>')
+    return ('<h2>Environment</h2><table id="environment"><tbody>' + "".join(rows) + '</tbody></table>'
+            '<p class="muted">Of the process that evaluated the run. The last bits of the weights depend on the '
+            'BLAS and its thread count.</p>')
+
+
+def _nav(links):
+    """A line of links to the neighbouring pages: [(element id, text, href)]; relative hrefs."""
+    shown = [f'<a id="{_esc(element_id)}" href="{_esc(_safe_href(href))}">{_esc(text)}</a>'
+             for element_id, text, href in links if _safe_href(href)]
+    return f'<nav class="crumbs">{" · ".join(shown)}</nav>' if shown else ""
+
+
+def run_page(report: dict, *, index_href="../../../index.html", sweeps=()) -> str:
+    """The HTML page of one run's report dict (as report.build_report makes it; missing parts
+    show as 'not recorded'). index_href: the runs index, relative to the page (the default fits
+    artifacts/<dataset>/<run>/report/index.html); sweeps: [{"sweep_id", "href"}] of the sweeps
+    known to hold the run. Self-contained, no script; the mini-batch loss is binned, so the page
     stays small however many iterations ran."""
     run_id = report.get("run_id", "run")
     meta = " · ".join(_esc(part) for part in (
         f"dataset {report.get('dataset', '?')}", f"created {report.get('created_at', '?')}",
         f"mnist-pipeline {report.get('package_version', '?')}"))
-    body = (f'<h1 id="run-id" data-value="{_esc(run_id)}">{_esc(run_id)}</h1><p class="meta">{meta}</p>'
+    nav = _nav([("link-index", "← all runs", index_href)]
+               + [(f"link-sweep-{k}", f"sweep {s.get('sweep_id')}", s.get("href")) for k, s in enumerate(sweeps)])
+    body = (f'{nav}<h1 id="run-id" data-value="{_esc(run_id)}">{_esc(run_id)}</h1><p class="meta">{meta}</p>'
             + _epochs_section(report) + _minibatch_section(report) + _confusion_section(report)
-            + _gradient_section(report) + _hyperparameter_section(report) + _digest_section(report)
-            + _stage_section(report))
+            + _mistakes_section(report) + _gradient_section(report) + _hyperparameter_section(report)
+            + _stage_section(report) + _environment_section(report) + _digest_section(report))
     return _page(f"{run_id} — mnist-pipeline run", body)
 
 
@@ -650,42 +843,84 @@ _SCRIPT = r"""<script>
     });
   });
 
-  // The comparison plot: the test-accuracy curves of the runs whose boxes are ticked.
+  // The comparison: one plot per figure (test accuracy, train-set loss, ...), the selector shows
+  // one, and the curves of the runs whose boxes are ticked are drawn on it, cut to the plot box.
   var source = document.getElementById("curves");
-  var svg = document.getElementById("compare-plot");
-  if (!source || !svg) return;
+  if (!source) return;
   var data = JSON.parse(source.textContent);
-  var group = svg.querySelector("g.series");
+  var select = document.getElementById("compare-metric");
   var legend = document.getElementById("compare-legend");
   var hint = document.getElementById("compare-hint");
-  var d = svg.dataset;
-  var x0 = +d.xMin, x1 = +d.xMax, y0 = +d.yMin, y1 = +d.yMax;
-  var left = +d.left, top = +d.top, width = +d.width, height = +d.height;
-  function px(x) { return (left + (x - x0) / (x1 - x0) * width).toFixed(1); }
-  function py(y) { return (top + height - (y - y0) / (y1 - y0) * height).toFixed(1); }
+  function clipSegment(ax, ay, bx, by, box) {  // Liang-Barsky: the part of a-b inside the box, or null
+    var t0 = 0, t1 = 1, dx = bx - ax, dy = by - ay;
+    var edges = [[-dx, ax - box[0]], [dx, box[2] - ax], [-dy, ay - box[1]], [dy, box[3] - ay]];
+    for (var i = 0; i < 4; i++) {
+      var p = edges[i][0], q = edges[i][1];
+      if (p === 0) { if (q < 0) return null; }
+      else if (p < 0) t0 = Math.max(t0, q / p);
+      else t1 = Math.min(t1, q / p);
+    }
+    return t0 > t1 ? null : [ax + t0 * dx, ay + t0 * dy, ax + t1 * dx, ay + t1 * dy];
+  }
+  function pathData(points, svg) {
+    var d = svg.dataset;
+    var x0 = +d.xMin, x1 = +d.xMax, y0 = +d.yMin, y1 = +d.yMax;
+    var left = +d.left, top = +d.top, width = +d.width, height = +d.height;
+    var box = [left, top, left + width, top + height];
+    function at(x, y) {
+      return Math.min(Math.max(x, box[0]), box[2]).toFixed(1) + " " + Math.min(Math.max(y, box[1]), box[3]).toFixed(1);
+    }
+    var pixels = points.map(function (p) {
+      return [left + (p[0] - x0) / (x1 - x0) * width, top + height - (p[1] - y0) / (y1 - y0) * height];
+    });
+    if (pixels.length === 1) {
+      var x = pixels[0][0], y = pixels[0][1];
+      return x >= box[0] && x <= box[2] && y >= box[1] && y <= box[3] ? "M" + at(x, y) + "h0" : "";
+    }
+    var parts = [], pen = null;
+    for (var k = 1; k < pixels.length; k++) {
+      var s = clipSegment(pixels[k - 1][0], pixels[k - 1][1], pixels[k][0], pixels[k][1], box);
+      if (!s) { pen = null; continue; }
+      var start = at(s[0], s[1]), end = at(s[2], s[3]);
+      if (start !== pen) parts.push("M" + start);
+      parts.push("L" + end);
+      pen = end;
+    }
+    return parts.join("");
+  }
   function draw() {
+    var metric = select ? select.value : data.metrics[0];
+    each(document.querySelectorAll("div.metric-plot"), function (div) {
+      div.hidden = div.getAttribute("data-metric") !== metric;
+      var group = div.querySelector("g.series");
+      while (group.firstChild) group.removeChild(group.firstChild);
+    });
+    var svg = document.getElementById("compare-plot-" + metric);
+    var group = svg.querySelector("g.series");
     var chosen = Array.prototype.filter.call(document.querySelectorAll("input.choose"),
                                              function (box) { return box.checked; });
     chosen.sort(function (a, b) { return a.getAttribute("data-run") - b.getAttribute("data-run"); });
-    while (group.firstChild) group.removeChild(group.firstChild);
     legend.textContent = "";
     if (chosen.length < 2) {
       hint.textContent = chosen.length ? "Choose one more run to compare."
-                                       : "Tick two or more runs in the table to compare their test accuracy.";
+                                       : "Tick two or more runs in the table to compare them.";
       return;
     }
-    hint.textContent = chosen.length + " runs compared.";
+    hint.textContent = chosen.length + " runs compared: " + data.names[metric] + " per epoch.";
     each(chosen, function (box, k) {
       var run = data.runs[+box.getAttribute("data-run")];
+      var curve = run.curves[metric] || [];
       var colour = data.palette[k % data.palette.length];
       var dash = data.dashes[Math.floor(k / data.palette.length) % data.dashes.length];
-      var line = document.createElementNS(NS, "polyline");
+      var line = document.createElementNS(NS, "path");
       line.setAttribute("class", "line");
       line.setAttribute("data-run", run.id);
-      line.setAttribute("points", run.curve.map(function (p) { return px(p[0]) + "," + py(p[1]); }).join(" "));
+      line.setAttribute("d", pathData(curve, svg));
       line.setAttribute("fill", "none");
       line.setAttribute("stroke", colour);
       line.setAttribute("stroke-width", "2");
+      line.setAttribute("stroke-linejoin", "round");
+      line.setAttribute("stroke-linecap", "round");
       if (dash) line.setAttribute("stroke-dasharray", dash);
       group.appendChild(line);
       var item = document.createElement("li");
@@ -699,11 +934,12 @@ _SCRIPT = r"""<script>
       if (dash) sample.setAttribute("stroke-dasharray", dash);
       swatch.appendChild(sample);
       item.appendChild(swatch);
-      item.appendChild(document.createTextNode(run.id));
+      item.appendChild(document.createTextNode(run.id + (curve.length ? "" : " (no " + data.names[metric] + ")")));
       legend.appendChild(item);
     });
   }
   each(document.querySelectorAll("input.choose"), function (box) { box.addEventListener("change", draw); });
+  if (select) select.addEventListener("change", draw);
   window.addEventListener("pageshow", draw);
   draw();
 })();
@@ -790,47 +1026,121 @@ def _runs_table(runs, *, choose=False, best=False, rank=False):
             + f'</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
 
 
-def _accuracy_range(curves):
-    """The y range of test-accuracy curves: fitted to the points after epoch 0 (the untrained
-    start, near chance, would squeeze the differences that matter), and whether a point lies below it."""
+def _metric_range(curves, kind="accuracy"):
+    """The y range of curves of one figure: fitted to the points after epoch 0 (the untrained
+    start would squeeze the differences that matter), and whether a point lies outside it."""
     trained = [a for curve in curves for e, a in curve if e > 0]
     everything = [a for curve in curves for _, a in curve]
-    low, high = _fit_range(trained or everything, (0.0, 1.0))
-    return (low, high), any(a < low for a in everything)
+    low, high = _fit_range(trained or everything, (0.0, 1.0) if kind == "accuracy" else (0.0, math.inf))
+    return (low, high), any(a < low or a > high for a in everything)
+
+
+def _accuracy_range(curves):
+    return _metric_range(curves, "accuracy")
+
+
+def _outside_note(outside, metric="test_accuracy"):
+    return (f'<p class="muted">The y axis fits the {_esc(METRICS.get(metric, metric))} after training began; '
+            'the untrained start (epoch 0) lies outside it, so its line enters from the edge.</p>' if outside else "")
 
 
 def _below_note(below):
-    return ('<p class="muted">The y axis fits the test accuracy after training began; the untrained start '
-            '(epoch 0) lies below it.</p>' if below else "")
+    return _outside_note(below)
+
+
+def _points(curve):
+    return [[float(e), float(a)] for e, a in (curve or []) if _finite(e) and _finite(a)]
 
 
 def _curve(row):
-    return [[float(e), float(a)] for e, a in (row.get("curve") or []) if _finite(e) and _finite(a)]
+    return _points(row.get("curve"))
 
 
-def index_page(runs: list) -> str:
-    """The page listing every run: one row per dict (run_id, dataset, hidden_size, batch_size,
-    learning_rate, iterations, seed, dtype, sampling, final_train_accuracy,
-    final_test_accuracy, finished_at, href: the run's page, relative; curve: [[epoch,
-    test_accuracy], ...]). Clicking a column's header sorts by it; ticking two or more rows
-    draws their test-accuracy curves on one plot (a small script, curves embedded as JSON)."""
-    runs = list(runs)
-    curves = [_curve(row) for row in runs]
-    epochs = [e for curve in curves for e, _ in curve]
+def curves_of(epochs):
+    """{figure: [[epoch, value], ...]} of a report's epoch rows, for each figure of METRICS they carry."""
+    return {key: [[row["epoch"], row[key]] for row in epochs if _finite(row.get(key)) and _finite(row.get("epoch"))]
+            for key in METRICS if any(_finite(row.get(key)) for row in epochs)}
+
+
+def _curves(row):
+    """A row's curves by figure: its `curves`, or its `curve` as the test accuracy."""
+    curves = {key: _points(points) for key, points in (row.get("curves") or {}).items() if key in METRICS}
+    if "test_accuracy" not in curves and row.get("curve"):
+        curves["test_accuracy"] = _curve(row)
+    return {key: points for key, points in curves.items() if points}
+
+
+def _sweeps_table(sweeps, runs):
+    """The sweeps: id (linked), dataset, runs, best run (linked to its page when listed) and its accuracy."""
+    hrefs = {str(row.get("run_id")): _safe_href(row.get("href")) for row in runs}
+    rows = []
+    for sweep in sweeps:
+        href, best = _safe_href(sweep.get("href")), str(sweep.get("best_run_id") or "")
+        name = _esc(sweep.get("sweep_id"))
+        best_href = _safe_href(sweep.get("best_href")) or hrefs.get(best, "")
+        if best and best not in hrefs:  # removed since (gc): the sweep's own page still names it
+            best, best_text = "", '<span class="muted">no longer in the index</span>'
+        else:
+            best_text = f'<a href="{_esc(best_href)}">{_esc(best)}</a>' if best_href else (_esc(best) or "—")
+        rows.append('<tr>' + _td(sweep.get("sweep_id"), f'<a href="{_esc(href)}">{name}</a>' if href else name,
+                                 "sweep_id", cls="mono")
+                    + _td(sweep.get("dataset"), None, "dataset", cls="")
+                    + _td(sweep.get("run_count"), None, "run_count")
+                    + _td(best, best_text, "best_run_id", cls="mono")
+                    + _td(sweep.get("best_test_accuracy"), _fixed(sweep.get("best_test_accuracy")),
+                          "best_test_accuracy")
+                    + _td(_timestamp(sweep.get("finished_at")), _time_text(sweep.get("finished_at")), "finished_at")
+                    + '</tr>')
+    return ('<div class="scroll"><table class="runs" id="sweeps"><thead><tr><th>sweep</th><th>dataset</th>'
+            '<th class="num">runs</th><th>best run (final test accuracy)</th><th class="num">its final test '
+            'accuracy</th><th class="num">finished (UTC)</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def index_page(runs: list, sweeps=()) -> str:
+    """The page listing every run and every sweep.
+
+    runs: one dict per run (run_id, dataset, hidden_size, batch_size, learning_rate, iterations,
+    seed, dtype, sampling, final_train_accuracy, final_test_accuracy, finished_at, href: the
+    run's page, relative; curves: {figure: [[epoch, value], ...]} for figures of METRICS, as
+    curves_of(report["epochs"]) gives them; or curve: [[epoch, test_accuracy], ...]).
+    sweeps: [{sweep_id, dataset, run_count, best_run_id, best_test_accuracy, finished_at, href:
+    the sweep's page, relative}]. Clicking a column's header sorts by it; ticking two or more
+    runs draws their curves of the figure chosen in a selector (a small script, curves embedded
+    as JSON), cut to the plot box."""
+    runs, sweeps = list(runs), list(sweeps)
+    curves = [_curves(row) for row in runs]
+    metrics = [key for key in METRICS if any(key in c for c in curves)] or ["test_accuracy"]
+    epochs = [e for c in curves for points in c.values() for e, _ in points]
     x_range = (min(epochs + [0.0]), max(epochs)) if epochs else (0.0, 1.0)
-    y_range, below = _accuracy_range(curves)
-    plot = line_plot([], title="Test accuracy of the chosen runs", x_label="epoch", y_label="test accuracy",
-                     plot_id="compare-plot", x_range=x_range, y_range=y_range, width=900, height=340)
-    plot = plot.replace('<text class="empty"', '<text class="empty" visibility="hidden"')
-    data = {"runs": [{"id": str(row.get("run_id")), "curve": curve} for row, curve in zip(runs, curves)],
+    plots, options = [], []
+    for metric in metrics:
+        kind = "accuracy" if metric.endswith("accuracy") else "loss"
+        y_range, outside = _metric_range([c.get(metric, []) for c in curves], kind)
+        plot = line_plot([], title=f"{METRICS[metric][0].upper()}{METRICS[metric][1:]} of the chosen runs",
+                         x_label="epoch", y_label=METRICS[metric], plot_id=f"compare-plot-{metric}", x_range=x_range,
+                         y_range=y_range, width=900, height=340)
+        plot = plot.replace('<text class="empty"', '<text class="empty" visibility="hidden"')
+        hidden = "" if metric == metrics[0] else " hidden"
+        plots.append(f'<div class="metric-plot" data-metric="{metric}"{hidden}>{plot}'
+                     f'{_outside_note(outside, metric)}</div>')
+        options.append(f'<option value="{metric}">{_esc(METRICS[metric])}</option>')
+    data = {"runs": [{"id": str(row.get("run_id")), "curves": c} for row, c in zip(runs, curves)],
+            "metrics": metrics, "names": {m: METRICS[m] for m in metrics},
             "palette": list(PALETTE), "dashes": list(DASHES)}
+    sweeps_section = ('<h2 id="sweeps-heading">Sweeps</h2>'
+                      f'<p class="meta" id="sweep-count" data-value="{len(sweeps)}">{len(sweeps)} '
+                      f'sweep{"s" if len(sweeps) != 1 else ""}.</p>' + (_sweeps_table(sweeps, runs) if sweeps else ""))
     body = ('<h1>mnist-pipeline runs</h1>'
-            f'<p class="meta" id="run-count" data-value="{len(runs)}">{len(runs)} run{"s" if len(runs) != 1 else ""}. '
-            'Click a column\'s header to sort by it; tick runs to compare them below.</p>'
+            f'<p class="meta" id="run-count" data-value="{len(runs)}">{len(runs)} run{"s" if len(runs) != 1 else ""}'
+            + (f' and <a href="#sweeps-heading">{len(sweeps)} sweep{"s" if len(sweeps) != 1 else ""}</a>' if sweeps
+               else "")
+            + '. Click a column\'s header to sort by it; tick runs to compare them below.</p>'
             + _runs_table(list(enumerate(runs)), choose=True)
-            + '<h2>Compare runs</h2><p class="muted" id="compare-hint"></p>'
-            + f'{plot}<ul class="legend" id="compare-legend"></ul>{_below_note(below)}'
-            + _json_script("curves", data))
+            + '<h2>Compare runs</h2><p><label>Figure: <select id="compare-metric">' + "".join(options)
+            + '</select></label> <span class="muted" id="compare-hint"></span></p>'
+            + "".join(plots) + '<ul class="legend" id="compare-legend"></ul>'
+            + sweeps_section + _json_script("curves", data))
     return _page("mnist-pipeline runs", body, _SCRIPT)
 
 
@@ -862,13 +1172,15 @@ def sweep_plot(runs: list, standalone=False) -> str:
                      markers=False, standalone=standalone)
 
 
-def sweep_page(sweep_id: str, runs: list) -> str:
-    """The page of one sweep: its runs (rows as for index_page), all test-accuracy curves on one
-    plot whose y axis fits the data, and the runs' ranking. Rows of a sweep with a validation
-    split (best_validation_accuracy, best_epoch, test_accuracy_at_best_epoch, as
-    pipeline.sweep gives them) are ranked by best validation accuracy and show the test
-    accuracy of that epoch; otherwise best final test accuracy first, with each run's best
-    test accuracy and its epoch, labelled as chosen on the test set."""
+def sweep_page(sweep_id: str, runs: list, *, index_href="../../../index.html") -> str:
+    """The page of one sweep: its runs (rows as for index_page, finished_at filled), all
+    test-accuracy curves on one plot whose y axis fits the data, and the runs' ranking. Rows of a
+    sweep with a validation split (best_validation_accuracy, best_epoch,
+    test_accuracy_at_best_epoch, as pipeline.sweep gives them) are ranked by best validation
+    accuracy and show the test accuracy of that epoch; otherwise best final test accuracy first,
+    with each run's best test accuracy and its epoch, labelled as chosen on the test set.
+    index_href: the runs index, relative to the page (the default fits
+    artifacts/<dataset>/sweeps/<sweep id>/index.html)."""
     ranked, _, _, below = _sweep_series(runs)
     plot = sweep_plot(runs)
     validated = _validated(runs)
@@ -880,7 +1192,8 @@ def sweep_page(sweep_id: str, runs: list) -> str:
             'by looking at the test set itself, so it overstates how that model would do on new data. '
             'The final test accuracy, of the model training ended with, was not chosen that way. '
             'Sweep with <code>--validation-size</code> to choose on held-out training images instead.</p>')
-    body = (f'<h1 id="sweep-id" data-value="{_esc(sweep_id)}">{_esc(sweep_id)}</h1>'
+    body = (_nav([("link-index", "← all runs", index_href)])
+            + f'<h1 id="sweep-id" data-value="{_esc(sweep_id)}">{_esc(sweep_id)}</h1>'
             f'<p class="meta" id="run-count" data-value="{len(ranked)}">{len(ranked)} runs, '
             f'{order}. Click a column\'s header to sort by it.</p>'
             + _runs_table(ranked, best="validation" if validated else True, rank=True) + note

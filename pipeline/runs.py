@@ -121,8 +121,36 @@ def now():
 
 
 def index_html(artifacts_dir, rows):
-    """artifacts/index.html for these runs (their curves read from the reports under artifacts_dir)."""
-    return pages.index_page([page_row(artifacts_dir, row) for row in rows])
+    """artifacts/index.html for these runs (their curves read from the reports under artifacts_dir)
+    and the sweeps of their datasets."""
+    return pages.index_page([page_row(artifacts_dir, row) for row in rows], sweeps=sweep_rows(artifacts_dir, rows))
+
+
+def sweep_rows(artifacts_dir, rows):
+    """The sweeps in <artifacts_dir>/<dataset>/sweeps/ of the runs' datasets, as pages.index_page
+    lists them: the best run is the first row of the sweep's summary.csv; finished when its
+    last run finished. A damaged summary is left out. artifacts_dir: a location."""
+    finished = {row["run_id"]: row.get("finished_at") or "" for row in rows}
+    found = []
+    for dataset in sorted({row["dataset"] for row in rows if row.get("dataset")}):
+        root = storage.join(artifacts_dir, dataset, "sweeps")
+        for name in storage.listing(root):
+            sweep_id, _, file = name.partition("/")
+            if file != "summary.csv":
+                continue
+            try:
+                summary = list(csv.DictReader(io.StringIO(storage.read_bytes(storage.join(root, name)).decode())))
+            except (OSError, ValueError):
+                continue
+            if not summary or "run_id" not in summary[0]:
+                continue
+            times = [finished.get(r["run_id"], "") for r in summary]
+            found.append({"sweep_id": sweep_id, "dataset": dataset, "run_count": len(summary),
+                          "best_run_id": summary[0]["run_id"],
+                          "best_test_accuracy": _number(summary[0].get("final_test_accuracy")),
+                          "finished_at": max(times) if all(times) else "",
+                          "href": f"{dataset}/sweeps/{sweep_id}/index.html"})
+    return found
 
 
 def page_row(artifacts_dir, row):
@@ -137,7 +165,7 @@ def page_row(artifacts_dir, row):
     return {**shown, "final_train_accuracy": shown.get("train_accuracy"),
             "final_test_accuracy": shown.get("test_accuracy"),
             "href": f"{row['dataset']}/{row['run_id']}/report/index.html",
-            "curve": [[e["epoch"], e["test_accuracy"]] for e in epochs]}
+            "curve": [[e["epoch"], e["test_accuracy"]] for e in epochs], "curves": pages.curves_of(epochs)}
 
 
 def _number(value):

@@ -88,8 +88,10 @@ def write_sweep_summary(directory, sweep_id, reports):
     rows = summary_rows(reports)
     split = has_validation(reports)
     curves = {r["run_id"]: [[e["epoch"], e["test_accuracy"]] for e in r["epochs"]] for r in reports}
+    finished = {r["run_id"]: r.get("created_at") or "" for r in reports}
     shown = [{**row, "curve": curves[row["run_id"]], "dataset": reports[0]["dataset"],
-              "href": f"../../{row['run_id']}/report/index.html"} for row in rows]
+              "finished_at": finished[row["run_id"]], "href": f"../../{row['run_id']}/report/index.html"}
+             for row in rows]
     files = {"test_accuracy.svg": pages.sweep_plot(shown, standalone=True),
              "summary.md": _validation_markdown(sweep_id, rows) if split else _markdown(sweep_id, rows),
              "index.html": pages.sweep_page(sweep_id, shown),

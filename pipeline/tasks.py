@@ -31,7 +31,7 @@ from pipeline.download import default_mirrors, fetch_dataset, known_train_size, 
 from pipeline.errors import DataError, GradientCheckError, ParameterError, PipelineError
 from pipeline.evaluation import BackgroundEvaluator, confusion_matrix, evaluate
 from pipeline.gradient_check import check_rows, gradient_check_report
-from pipeline.network import TwoLayerNet
+from pipeline.network import TwoLayerNet, predict
 from pipeline.picture import FRAMINGS, default_framing
 from pipeline.params import (Choice, DatasetName, Directory, Number, NumberList, RunDate, WholeNumber, from_config,
                              sources)
@@ -47,6 +47,7 @@ warnings.filterwarnings(
 logger = logs.logger
 logs.install()
 HIDDEN = ParameterVisibility.HIDDEN
+COMMAND = os.urandom(8).hex()  # this command (its forked workers share it): a record made under it "ran"
 MAX_HIDDEN = 100_000  # W1 of 784 x 100,000 float64 is 630 MB; more would not fit a worker's memory
 
 
@@ -223,7 +224,7 @@ class PipelineTask(luigi.Task):
         self.before_record(outputs)
         lineage.write_record(self.record_location(), outputs=outputs, inputs=inputs, lease=lease,
                              task_id=self.task_id, seconds=round(time.perf_counter() - started, 3),
-                             **self.facts())
+                             command=COMMAND, **self.facts())
 
     def lock(self):
         """This task's lease, <root>/.locks/<lock_name()>: a lock file on a disk, an object in a
@@ -771,6 +772,7 @@ class EvaluateNetwork(RunTask):
         return super().leftovers() + temporaries_of(self.run_dir / "report" / "*")
 
     def make(self):
+        started = time.perf_counter()
         model = checkpoint.load_checkpoint(self.input()["model"].path)
         images, labels = self.load_data(("test",))
         n_classes = model.params["b2"].size
@@ -779,8 +781,12 @@ class EvaluateNetwork(RunTask):
         if not rows or rows[-1]["iteration"] != model.iteration or rows[-1]["test_accuracy"] != test_accuracy:
             raise PipelineError(f"{self.input()['model'].location}: its figures do not match its weights (final "
                                 f"test accuracy {test_accuracy:.4f} recomputed); delete it and rerun to train it again")
-        upstream = (self.requires()["model"], CheckGradient(**self.run_params()), *self.data_requirements().values())
+        upstream = (DownloadDataset(**self.data_params()), *self.data_requirements().values(),
+                    CheckGradient(**self.run_params()), self.requires()["model"])
         records = {task.get_task_family(): lineage.read_record(task.record_location()) or {} for task in upstream}
+        stages = [{"task": name, "state": "ran" if record.get("command") == COMMAND else "cached",
+                   "seconds": record.get("seconds"), "finished_at": record.get("created_at")}
+                  for name, record in records.items()]
         gradient_check = CheckGradient(**self.run_params()).output().location
         built = report.build_report(
             run_id=self.run_id, dataset=self.dataset, hyperparameters=self.hyperparameters(), epochs=rows,
@@ -790,9 +796,12 @@ class EvaluateNetwork(RunTask):
                      "model": self.record_inputs()["model.h5"][1]["sha256"]},
             checkpoints=[{"file": Path(label).name, "iteration": checkpoint.iteration_of(label),
                           "sha256": entry["sha256"]} for label, entry in records["TrainNetwork"].get("outputs", {}).items()
-                         if label != "model.h5"],
-            stage_seconds={name: record.get("seconds") for name, record in records.items() if record},
-            created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+                         if label.startswith("checkpoints/")],
+            mistakes=report.confident_mistakes(predict(model.params, images["test"]), labels["test_labels"],
+                                               images["test"]),
+            stages=[*stages, {"task": "EvaluateNetwork", "state": "ran", "finished_at": _utc_now(),
+                              "seconds": round(time.perf_counter() - started, 3)}],
+            created_at=_utc_now())
         files = report.write_report(self.run_dir / "report", built)
         canary.check_run(self.run_dir, self.hyperparameters(), model.params, built["digests"]["data"], logger)  # ops
         logger.info("%s: final test accuracy %.4f, report in %s", self.run_id, rows[-1]["test_accuracy"],
@@ -808,6 +817,10 @@ class EvaluateNetwork(RunTask):
 
     def facts(self):
         return {"runs_row": self.runs_row}
+
+
+def _utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 class Sweep(RunTask):
@@ -889,3 +902,6 @@ class Sweep(RunTask):
             logger.info("%s: %d runs; best %s with test accuracy %.4f", self.sweep_id, len(rows),
                         rows[0]["run_id"], rows[0]["final_test_accuracy"])
         return files
+
+    def before_record(self, outputs):
+        runs.write_index(self.artifacts_dir, lease_seconds=self.lease_seconds)  # the index lists the sweep now

@@ -53,7 +53,7 @@ def h5_datasets(path):
     return found
 
 
-TIMES = ("created_at", "fetched_at", "finished_at", "seconds", "stage_seconds", "digests")
+TIMES = ("created_at", "fetched_at", "finished_at", "seconds", "stages", "command", "digests")
 
 
 def without_times(value):

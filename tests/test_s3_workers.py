@@ -106,9 +106,12 @@ def test_three_share_nothing_workers_run_a_sweep_through_the_bucket(tmp_path, s3
         full = json.loads(storage.read_bytes(f"s3://{s3.bucket}/artifacts/synthetic/{run_id}/report/report.json",
                                              settings=s3.settings))
         assert full["gradient_check"]["passed"] and len(full["checkpoints"]) == 4
-        assert set(full["stage_seconds"]) == {"TrainNetwork", "CheckGradient", "NormalizeImages", "EncodeLabels"}
+        assert [s["task"] for s in full["stages"]] == ["DownloadDataset", "NormalizeImages", "EncodeLabels",
+                                                       "CheckGradient", "TrainNetwork", "EvaluateNetwork"]
+        assert all(s["seconds"] is not None for s in full["stages"])
     page = storage.read_bytes(f"s3://{s3.bucket}/artifacts/index.html", settings=s3.settings).decode()
-    assert all(row["run_id"] in page for row in rows) and page.count('"curve":[[') == 4
+    assert all(row["run_id"] in page for row in rows) and page.count('"curves":{"test_accuracy":[[') == 4
+    assert page.count('<a href="synthetic/sweeps/sweep-') == 1  # the sweep, listed once its files are there
     assert weights_in_bucket(s3, "artifacts") == weights_on_disk(reference / "artifacts")
     for k in range(3):  # each worker kept its own copies, nothing else, in its own directory
         assert not (tmp_path / f"worker{k}" / "artifacts").exists()
