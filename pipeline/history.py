@@ -15,6 +15,7 @@ import datetime
 import json
 
 from pipeline.errors import PipelineError
+from pipeline.report import stage_seconds
 
 # seconds: the task's own, RUNNING to DONE or FAILED; run_seconds: every stage of the run, from its report
 COLUMNS = ["started", "task", "run", "state", "seconds", "run_seconds", "host", "train_accuracy", "test_accuracy"]
@@ -63,8 +64,8 @@ def read_index(artifacts_dir):
     for row in runs.read_runs(artifacts_dir):
         report = storage.join(artifacts_dir, row.get("dataset", ""), row.get("run_id", ""), "report", "report.json")
         try:
-            stages = json.loads(storage.read_bytes(report)).get("stage_seconds") or {}
-            row["seconds"] = round(sum(v for v in stages.values() if isinstance(v, (int, float))), 3)
+            stages = stage_seconds(json.loads(storage.read_bytes(report)))
+            row["seconds"] = round(sum(stages.values()), 3)
         except (OSError, ValueError, AttributeError, PipelineError):
             row["seconds"] = ""
         index[row.get("run_id", "")] = row

@@ -82,7 +82,9 @@ def run_figures(report, canary_status=None):
                 if isinstance(final.get(f"{split}_accuracy"), (int, float))}
     status = canary_status or (report.get("canary") or {}).get("status")
     reproducible = {"reproducible": 1, "different-bits": 0}.get(status)
-    stages = {k: v for k, v in (report.get("stage_seconds") or {}).items() if isinstance(v, (int, float))}
+    from pipeline.report import stage_seconds
+
+    stages = stage_seconds(report)
     return {"run_id": report.get("run_id", ""), "accuracy": accuracy, "stage_seconds": stages,
             "reproducible": reproducible}
 

@@ -199,6 +199,17 @@ def dvc_yaml(columns=EPOCH_COLUMNS):
             + plot("loss", "Loss per epoch (mean cross-entropy over the whole set)", "loss"))
 
 
+def stage_seconds(report):
+    """{stage: seconds} of a report.json's content, for the stages whose time is known."""
+    stages = report.get("stages")
+    if isinstance(stages, list):
+        pairs = [(s.get("task"), s.get("seconds")) for s in stages if isinstance(s, dict)]
+    else:  # reports written before stages were listed
+        pairs = list((report.get("stage_seconds") or {}).items())
+    return {task: seconds for task, seconds in pairs
+            if isinstance(task, str) and isinstance(seconds, (int, float)) and not isinstance(seconds, bool)}
+
+
 def read_report(report_dir):
     """report.json of a finished run, as written."""
     return json.loads((Path(report_dir) / "report.json").read_text())

@@ -32,6 +32,7 @@ class Store:
     def __init__(self, backend, workdir, s3=None, prefix=None):
         self.backend, self.workdir, self.s3, self.prefix = backend, Path(workdir), s3, prefix
         self.env = {**os.environ, **(s3.env if s3 else {})}
+        self.client = s3.client() if s3 else None
 
     def root(self, name):
         return f"s3://{self.s3.bucket}/{self.prefix}/{name}" if self.s3 else name
@@ -49,13 +50,13 @@ class Store:
         if not self.s3:
             return sorted(p.relative_to(self.workdir).as_posix() for p in self.workdir.rglob("*")
                           if p.is_file() and p.parts[len(self.workdir.parts)] in ("data", "artifacts"))
-        found = self.s3.client().list_objects_v2(Bucket=self.s3.bucket, Prefix=self.prefix + "/").get("Contents", [])
+        found = self.client.list_objects_v2(Bucket=self.s3.bucket, Prefix=self.prefix + "/").get("Contents", [])
         return sorted(entry["Key"][len(self.prefix) + 1:] for entry in found)
 
     def read(self, key):
         if not self.s3:
             return (self.workdir / key).read_bytes()
-        return self.s3.client().get_object(Bucket=self.s3.bucket, Key=f"{self.prefix}/{key}")["Body"].read()
+        return self.client.get_object(Bucket=self.s3.bucket, Key=f"{self.prefix}/{key}")["Body"].read()
 
     def write(self, key, data):
         """Replace the bytes at key; on a bucket the object keeps the metadata it had (a forger's
@@ -63,7 +64,7 @@ class Store:
         if not self.s3:
             (self.workdir / key).write_bytes(data)
             return
-        client = self.s3.client()
+        client = self.client
         metadata = client.head_object(Bucket=self.s3.bucket, Key=f"{self.prefix}/{key}").get("Metadata", {})
         client.put_object(Bucket=self.s3.bucket, Key=f"{self.prefix}/{key}", Body=data, Metadata=metadata)
 
@@ -71,13 +72,13 @@ class Store:
         if not self.s3:
             (self.workdir / key).unlink()
         else:
-            self.s3.client().delete_object(Bucket=self.s3.bucket, Key=f"{self.prefix}/{key}")
+            self.client.delete_object(Bucket=self.s3.bucket, Key=f"{self.prefix}/{key}")
 
     def copy_to(self, other):
         """Everything of this store into `other` (a fresh workspace or prefix)."""
         for key in self.keys():
             if self.s3:
-                self.s3.client().copy_object(Bucket=self.s3.bucket, Key=f"{other.prefix}/{key}",
+                self.client.copy_object(Bucket=self.s3.bucket, Key=f"{other.prefix}/{key}",
                                              CopySource={"Bucket": self.s3.bucket, "Key": f"{self.prefix}/{key}"})
             else:
                 (other.workdir / key).parent.mkdir(parents=True, exist_ok=True)
