@@ -121,33 +121,42 @@ def compare(current, previous):
                               f"parameters; changed since: {what}")
 
 
-def check_run(run_dir, hyperparameters, params, data_sha256, log=None):
-    """For a dated run (hyperparameters["date"]): its record compared with the newest earlier
-    date's run of the same other hyperparameters among the sibling run directories; the record,
-    status and message written to run_dir/canary.json atomically; (status, message) returned and
+def previous(artifacts_dir, dataset, hyperparameters, date):
+    """The canary record of the newest run before `date` of the same dataset and the same other
+    hyperparameters, from the runs index and that run's report (read from the bytes its record
+    vouches for, on a disk or in a bucket); None when there is none."""
+    from pipeline import lineage, runs, storage
+
+    same = {key: value for key, value in hyperparameters.items() if key != "date"}
+    rows = [row for row in runs.read_runs(artifacts_dir)
+            if row["dataset"] == dataset and row.get("date") and row["date"] < str(date)]
+    for row in sorted(rows, key=lambda row: row["date"], reverse=True):
+        record_location = storage.join(artifacts_dir, row["dataset"], row["run_id"], "lineage", "EvaluateNetwork.json")
+        record = lineage.read_record(record_location)
+        if record is None or lineage.problem(record_location, record=record) is not None:
+            continue
+        location, entry = lineage.files(record_location, record)["report.json"]
+        try:
+            earlier = json.loads(lineage.read_verified(location, entry))
+        except (OSError, ValueError):
+            continue
+        hyper = {key: value for key, value in earlier.get("hyperparameters", {}).items() if key != "date"}
+        if hyper == same and isinstance(earlier.get("canary"), dict):
+            return earlier["canary"]
+    return None
+
+
+def check(artifacts_dir, run_id, hyperparameters, params, data_sha256, log=None):
+    """The canary of a dated run (hyperparameters["date"]): its weights, data and environment
+    compared with the newest earlier date's run of the same other hyperparameters; a dict
+    {weights_sha256, data_sha256, environment, date, run_id, status, message} for its report,
     logged (a warning for different bits). None for an undated run."""
-    from pathlib import Path
-
-    from pipeline.atomic import write_atomically
-
     date = hyperparameters.get("date")
     if not date:
         return None
-    run_dir = Path(run_dir)
-    same = {k: v for k, v in hyperparameters.items() if k != "date"}
     current = {"weights_sha256": weights_sha256(params), "data_sha256": dict(data_sha256),
-               "environment": environment(), "date": str(date), "run_id": run_dir.name, "parameters": same}
-    candidates = []
-    for sibling in run_dir.parent.glob("*/canary.json"):
-        try:
-            found = json.loads(sibling.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(found, dict) and found.get("parameters") == same and found.get("run_id") != run_dir.name:
-            candidates.append(found)
-    status, message = compare(current, newest_earlier(candidates, str(date)))
-    write_atomically(run_dir / "canary.json", json.dumps({**current, "status": status, "message": message},
-                                                         indent=1, sort_keys=True) + "\n")
+               "environment": environment(), "date": str(date), "run_id": run_id}
+    status, message = compare(current, previous(artifacts_dir, hyperparameters["dataset"], hyperparameters, date))
     if log is not None:
         (log.warning if status == "different-bits" else log.info)("canary: %s", message)
-    return status, message
+    return {**current, "status": status, "message": message}

@@ -128,19 +128,19 @@ def from_database(url, index, every_task=False):
     return sorted(rows, key=lambda r: r["order"])
 
 
-def run_id_of(family, str_params):
-    """The run id (or sweep id) of a pipeline task given its parameters as luigid stores them
-    (strings); "" for another task or parameters the tasks refuse."""
-    try:
-        from pipeline import tasks
+RUN_TASKS = ("CheckGradient", "TrainNetwork", "EvaluateNetwork")
 
-        task_class = getattr(tasks, family, None)
-        if task_class is None or not hasattr(task_class, "run_id"):
-            return ""
-        known = {name for name, _ in task_class.get_params()}
-        task = task_class.from_str_params({k: v for k, v in str_params.items() if k in known})
-        return task.sweep_id if family == "Sweep" else task.run_id
-    except Exception:  # a task of another version or module: shown without a run
+
+def run_id_of(family, str_params):
+    """The run id of a pipeline run task given its parameters as luigid stores them (strings);
+    "" for another task (a sweep's id depends on all its runs) or parameters that do not fit."""
+    from pipeline import runs
+
+    if family not in RUN_TASKS:
+        return ""
+    try:
+        return runs.run_name(runs.identity(str_params))
+    except (KeyError, TypeError, ValueError):  # a task of another version or module: shown without a run
         return ""
 
 

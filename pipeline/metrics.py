@@ -102,9 +102,7 @@ def figures_of(task):
     for evaluation in evaluations:
         try:
             report = json.loads(storage.read_bytes(evaluation.output().location))
-            canary_file = Path(evaluation.run_dir) / "canary.json"
-            status = json.loads(canary_file.read_text()).get("status") if canary_file.is_file() else None
-            figures = run_figures(report, status)
+            figures = run_figures(report)
             own = lineage.read_record(evaluation.record_location()) or {}  # its own stage
             if isinstance(own.get("seconds"), (int, float)):
                 figures["stage_seconds"][evaluation.get_task_family()] = own["seconds"]

@@ -740,6 +740,16 @@ def _stage_section(report):
             'The total adds up the stages that ran.</p>')
 
 
+def _canary_section(report):
+    """A dated run's comparison with the previous date's run of the same parameters."""
+    found = report.get("canary")
+    if not isinstance(found, dict):
+        return ""
+    status = str(found.get("status", ""))
+    return (f'<h2>Reproducibility</h2><p id="canary" data-value="{_esc(status)}" class="'
+            f'{"warning" if status == "different-bits" else "meta"}">{_esc(found.get("message", ""))}</p>')
+
+
 def _environment_section(report):
     environment = report.get("environment")
     if not environment:
@@ -784,7 +794,8 @@ def run_page(report: dict, *, index_href="../../../index.html", sweeps=()) -> st
     body = (f'{nav}<h1 id="run-id" data-value="{_esc(run_id)}">{_esc(run_id)}</h1><p class="meta">{meta}</p>'
             + _epochs_section(report) + _minibatch_section(report) + _confusion_section(report)
             + _mistakes_section(report) + _gradient_section(report) + _hyperparameter_section(report)
-            + _stage_section(report) + _environment_section(report) + _digest_section(report))
+            + _stage_section(report) + _canary_section(report) + _environment_section(report)
+            + _digest_section(report))
     return _page(f"{run_id} — mnist-pipeline run", body)
 
 

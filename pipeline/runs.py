@@ -21,6 +21,35 @@ RUN_COLUMNS = ("run_id", "dataset", "hidden_size", "batch_size", "learning_rate"
                "finished_at")
 
 
+IDENTITY = ("dataset", "hidden_size", "batch_size", "learning_rate", "iterations", "weight_init_std", "dtype",
+            "sampling", "seed")
+_WHOLE = ("hidden_size", "batch_size", "iterations", "seed", "validation_size", "split_seed", "patience")
+
+
+def identity(values):
+    """The parameters that change a run's result (its name's hash covers exactly these), from a
+    mapping of the run's parameter values, as Python values or as the strings luigi stores:
+    the nine always, the date when set, the validation split when it holds images out, the
+    patience when it stops early. ValueError for a value of the wrong kind."""
+    def value(key):
+        raw = values[key]
+        if isinstance(raw, str) and key in _WHOLE:
+            return int(raw)
+        if isinstance(raw, str) and key in ("learning_rate", "weight_init_std"):
+            return float(raw)
+        return raw
+
+    found = {key: value(key) for key in IDENTITY}
+    date = values.get("date")
+    if date:
+        found["date"] = date.isoformat() if hasattr(date, "isoformat") else str(date)
+    if int(values.get("validation_size") or 0):  # absent at 0: the runs without a split keep their names
+        found.update(validation_size=value("validation_size"), split_seed=value("split_seed"))
+    if int(values.get("patience") or 0):
+        found["patience"] = value("patience")
+    return found
+
+
 def run_name(params):
     """`h50-b100-lr0.1-s0-3fa9c2d1`: the main hyperparameters and a hash of every key of params
     (all that changes the result), so any changed value gives a new name."""

@@ -469,16 +469,7 @@ class RunTask(PipelineTask):
 
     def hyperparameters(self):
         """Every parameter that changes the result of the run (and so names its directory)."""
-        identity = {key: getattr(self, key) for key in (
-            "dataset", "hidden_size", "batch_size", "learning_rate", "iterations", "weight_init_std", "dtype",
-            "sampling", "seed")}
-        if self.date is not None:
-            identity["date"] = self.date.isoformat()
-        if self.validation_size:  # absent at 0: the runs without a split keep their names
-            identity.update(validation_size=self.validation_size, split_seed=self.split_seed)
-        if self.patience:
-            identity["patience"] = self.patience
-        return identity
+        return runs.identity({name: getattr(self, name) for name, _ in RunTask.get_params()})
 
     @property
     def run_id(self):
@@ -802,8 +793,9 @@ class EvaluateNetwork(RunTask):
             stages=[*stages, {"task": "EvaluateNetwork", "state": "ran", "finished_at": _utc_now(),
                               "seconds": round(time.perf_counter() - started, 3)}],
             created_at=_utc_now())
+        built["canary"] = canary.check(self.artifacts_dir, self.run_id, self.hyperparameters(), model.params,
+                                       built["digests"]["data"], logger)
         files = report.write_report(self.run_dir / "report", built)
-        canary.check_run(self.run_dir, self.hyperparameters(), model.params, built["digests"]["data"], logger)  # ops
         logger.info("%s: final test accuracy %.4f, report in %s", self.run_id, rows[-1]["test_accuracy"],
                     self.artifacts_root.where(self.run_dir / "report"))
         return files

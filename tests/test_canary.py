@@ -112,7 +112,7 @@ def test_reproducible_despite_a_changed_environment_names_the_change():
 def test_dated_runs_compare_with_the_previous_date_end_to_end(tmp_path, synthetic_source):
     """Two dates with the same inputs are bit-identical; a third with two BLAS threads either
     differs in its last bits (named: blas_threads 1 -> 2) or says the change had no effect; its
-    canary.json holds the environment compare() names the change from. The metrics textfile
+    report's canary holds the environment compare() names the change from, and its page says so. The metrics textfile
     holds mnist_pipeline_reproducible."""
     workdir = workspace(tmp_path / "w")
     with open(workdir / "luigi.cfg", "a") as f:
@@ -124,8 +124,11 @@ def test_dated_runs_compare_with_the_previous_date_end_to_end(tmp_path, syntheti
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         logs[date] = done.stderr
-    record = {p.parent.name.split("-s4-")[1][:10]: json.loads(p.read_text())
-              for p in (workdir / "artifacts" / "synthetic").glob("*/canary.json")}
+    record = {p.parent.parent.name.split("-s4-")[1][:10]: json.loads(p.read_text())["canary"]
+              for p in (workdir / "artifacts" / "synthetic").glob("*/report/report.json")}
+    pages = {date: (workdir / "artifacts" / "synthetic" / r["run_id"] / "report" / "index.html").read_text()
+             for date, r in record.items()}
+    assert 'id="canary" data-value="reproducible"' in pages["2026-11-02"]
     assert record["2026-11-01"]["status"] == "no-previous"
     assert record["2026-11-02"]["status"] == "reproducible"
     assert [line for line in logs["2026-11-02"].splitlines() if "canary:" in line][0].endswith(
