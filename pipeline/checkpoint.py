@@ -318,3 +318,12 @@ def _plain(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def kept_checkpoints(iterations, per_epoch, keep_last, keep_every):
+    """The checkpoint iterations to keep once training is done: all of them without keep_last,
+    else the last keep_last and, with keep_every = k, those of every k-th epoch."""
+    if not keep_last:
+        return list(iterations)
+    every = {i for i in iterations if keep_every and i % (keep_every * per_epoch) == 0}
+    return sorted(set(iterations[-keep_last:]) | every)
