@@ -265,17 +265,17 @@ def status_command(args):
 
 def _local_copy(location, keep):
     """A local path holding a run directory or file: the path itself on a disk, or a copy of the
-    object (or of every object under the prefix) in a temporary directory kept in `keep`."""
+    object (or of every object under the prefix) in a temporary directory listed in `keep`."""
     import tempfile
 
     from pipeline import storage
 
-    location = storage.parse(location)
-    if not storage.is_remote(location):
-        return Path(location)
-    folder = Path(tempfile.mkdtemp(prefix="mnist-pipeline-"))
-    keep.append(folder)
-    return storage.local_copy(location, folder)
+    def folder():
+        made = Path(tempfile.mkdtemp(prefix="mnist-pipeline-"))
+        keep.append(made)
+        return made
+
+    return storage.local_copy(storage.parse(location), folder)
 
 
 def _removing_copies(command):

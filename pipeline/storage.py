@@ -639,18 +639,15 @@ def _jitter():
 
 def local_copy(location, folder):
     """A local path holding the object at location, or every object under it (a directory):
-    the location itself on a disk, else copies made in `folder`. FileNotFoundError when there is
-    nothing there."""
+    the location itself on a disk (whether or not anything is there), else copies made in
+    folder() (called once, when needed); FileNotFoundError when nothing is in the bucket there."""
     if not is_remote(location):
-        if not os.path.exists(location):
-            raise FileNotFoundError(f"{location} does not exist")
         return Path(location)
     names = listing(location)
+    root = Path(folder(), basename(location))
     if not names:
-        target = Path(folder, basename(location))
-        target.write_bytes(read_bytes(location))
-        return target
-    root = Path(folder, basename(location))
+        root.write_bytes(read_bytes(location))
+        return root
     for name in names:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(read_bytes(join(location, name)))
