@@ -1147,7 +1147,8 @@ def index_page(runs: list, sweeps=()) -> str:
             + (f' and <a href="#sweeps-heading">{len(sweeps)} sweep{"s" if len(sweeps) != 1 else ""}</a>' if sweeps
                else "")
             + '. Click a column\'s header to sort by it; tick runs to compare them below.</p>'
-            + _runs_table(list(enumerate(runs)), choose=True)
+            + _runs_table(list(enumerate(runs)), choose=True,
+                          best="validation" if any(_finite(r.get("best_validation_accuracy")) for r in runs) else False)
             + '<h2>Compare runs</h2><p><label>Figure: <select id="compare-metric">' + "".join(options)
             + '</select></label> <span class="muted" id="compare-hint"></span></p>'
             + "".join(plots) + '<ul class="legend" id="compare-legend"></ul>'

@@ -18,7 +18,8 @@ _RUN_ID = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9._=+-]*")
 
 RUN_COLUMNS = ("run_id", "dataset", "hidden_size", "batch_size", "learning_rate", "iterations", "weight_init_std",
                "seed", "dtype", "sampling", "date", "train_accuracy", "test_accuracy", "report_sha256",
-               "finished_at")
+               "finished_at", "validation_size", "best_validation_accuracy", "best_epoch",
+               "test_accuracy_at_best_epoch")
 
 
 IDENTITY = ("dataset", "hidden_size", "batch_size", "learning_rate", "iterations", "weight_init_std", "dtype",

@@ -675,9 +675,15 @@ class EvaluateNetwork(RunTask):
         return files
 
     def before_record(self, outputs):
-        final = json.loads(self.output().path.read_text())["final"]
+        built = json.loads(self.output().path.read_text())
+        final = built["final"]
         row = {"run_id": self.run_id, **self.hyperparameters(), "train_accuracy": final["train_accuracy"],
                "test_accuracy": final["test_accuracy"], "report_sha256": outputs["report.json"][1]["sha256"]}
+        chosen = [e for e in built["epochs"] if e.get("validation_accuracy") is not None]
+        if chosen:  # the epoch a validation split chooses (the earliest best), and its test accuracy
+            best = max(chosen, key=lambda e: (e["validation_accuracy"], -e["iteration"]))
+            row.update(best_validation_accuracy=best["validation_accuracy"], best_epoch=best["epoch"],
+                       test_accuracy_at_best_epoch=best["test_accuracy"])
         runs.add_run(self.artifacts_dir, row, lease_seconds=self.lease_seconds)
         self.runs_row = {key: str(value) for key, value in row.items() if key in runs.RUN_COLUMNS}
 
