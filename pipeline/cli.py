@@ -24,16 +24,25 @@ from pathlib import Path
 
 from pipeline import __version__, checkpoint, history, lineage, metrics, runs
 from pipeline.errors import CheckpointError, ParameterError, PipelineError
-from pipeline.logs import user_message
+from pipeline.logs import stdout_reader_gone, user_message
 
 EXIT_USAGE = 2  # argparse's code for a bad command line; bad parameters count as one
 EXIT_WOULD_RUN = 3  # `status`: some task is not complete
 
 
 def main(argv=None):
+    """The command's exit code. A reader that stops reading (`mnist-pipeline inspect | head -1`)
+    ends it quietly with 0, as `predict` does: the output was not wanted further, nothing failed."""
     try:
-        args = build_parser().parse_args(argv)
-        return args.handler(args)
+        try:
+            args = build_parser().parse_args(argv)
+            return args.handler(args)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, in main, not as an error at interpreter exit
+    except BrokenPipeError:
+        if not stdout_reader_gone():
+            raise
+        return 0
     except (PipelineError, ValueError, configparser.Error) as error:
         message = user_message(error) if not isinstance(error, configparser.Error) else (
             f"luigi.cfg cannot be read: {str(error).splitlines()[0]}")
@@ -303,7 +312,7 @@ def _run_location(text, artifacts_dir):
         row = runs.find_run(artifacts_dir, text)
         if row is not None:
             return storage.join(artifacts_dir, row["dataset"], row["run_id"])
-    raise PipelineError(f"{text} does not exist, as a path or as a run id of {storage.join(artifacts_dir, 'runs.csv')}: "
+    raise ParameterError(f"{text} does not exist, as a path or as a run id of {storage.join(artifacts_dir, 'runs.csv')}: "
                         f"give a run directory, an .h5 file or a run id (`mnist-pipeline inspect` lists the runs)")
 
 

@@ -16,6 +16,7 @@ leaves the destination as it was.
 """
 
 import datetime
+import gzip
 import hashlib
 import http.client
 import json
@@ -30,14 +31,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.atomic import fsync_path
 from pipeline.errors import DataError, DownloadError, ParameterError
 from pipeline.logs import logger
-from pipeline.idx import (GZIP_MAGIC, check_counts, check_images, check_labels, idx_content, parse_idx,
-                          read_limited)
+from pipeline.idx import (GZIP_MAGIC, LABELS_MAGIC, check_counts, check_images, check_labels, idx_content,
+                          parse_idx, read_limited)
 
 
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -119,6 +121,24 @@ def is_known(dataset):
 def known_train_size(dataset):
     """Training images of a known dataset (60000 for both), None for a custom one."""
     return KNOWN_DATASETS[dataset].train_size if is_known(dataset) else None
+
+
+def peek_train_size(source_dir):
+    """The number of training images a dataset in source_dir holds, read from the 8-byte header of
+    its train-labels-idx1-ubyte(.gz) (gzipped or not; the rest is not read), before any fetch; None
+    when the file is absent, unreadable or not IDX labels. The fetch verifies the whole file later."""
+    name = "train-labels-idx1-ubyte.gz"
+    for path in (Path(source_dir) / name, Path(source_dir) / name[:-len(".gz")]):
+        try:
+            with open(path, "rb") as f:
+                gzipped = f.read(2) == GZIP_MAGIC
+                f.seek(0)
+                header = (gzip.GzipFile(fileobj=f) if gzipped else f).read(8)
+        except (OSError, EOFError, zlib.error):
+            continue
+        if len(header) == 8 and int.from_bytes(header[:4], "big") == LABELS_MAGIC:
+            return int.from_bytes(header[4:], "big")
+    return None
 
 
 def default_mirrors(dataset):

@@ -2,8 +2,12 @@
 
 import numpy as np
 
-from pipeline.functions import H
+from pipeline.errors import GradientCheckError
+from pipeline.functions import H, sigmoid
 from pipeline.network import PARAM_NAMES, TwoLayerNet
+
+SATURATED = 1e-6  # a hidden sigmoid this close to 0 or 1 has a gradient the check cannot follow
+SATURATED_SHARE = 0.5  # a failed check on a network with this share of such sigmoids blames the weights
 
 
 def relative_error(a, b):
@@ -42,6 +46,38 @@ def check_gradient(network, x, t, entries_per_param, rng):
     return results
 
 
+def saturated_share(network, x):
+    """Fraction of the hidden sigmoids of network on x (batch, input_size) within 1e-6 of 0 or 1."""
+    z1 = sigmoid(np.dot(x, network.params["W1"]) + network.params["b1"])
+    return float(np.mean((z1 < SATURATED) | (z1 > 1 - SATURATED)))
+
+
+def resolution(loss):
+    """The rounding error of one central difference (h = 1e-4) of a float64 loss of this size:
+    differences smaller than this are noise."""
+    return float(np.finfo(np.float64).eps * max(abs(loss), 1.0) / H)
+
+
+def blame_weights(network, x, t, results, tolerance, weight_init_std):
+    """The one-line message when a failed check says nothing about backprop, else None: when the
+    network starts saturated, or when every failing parameter's disagreement is within the
+    central difference's rounding error (a gradient too small to resolve)."""
+    share = saturated_share(network, x)
+    if share >= SATURATED_SHARE:
+        return (f"weight_init_std={weight_init_std:g} saturates the network: {share:.0%} of the hidden sigmoids "
+                f"are within {SATURATED:g} of 0 or 1, where the numerical gradient cannot check backprop (and "
+                f"training barely moves); give a smaller --weight-init-std, such as 0.01 (the default)")
+    noise = resolution(network.loss(x, t))
+    failed = {key: r for key, r in results.items() if r["relative_error"] > tolerance}
+    largest = max(r["max_abs_diff"] for r in failed.values())
+    if largest <= 10 * noise:  # a few ulps of each of the two losses, with room: a wrong backprop is far above
+        return (f"weight_init_std={weight_init_std:g} makes the gradient too small to check: "
+                f"{', '.join(failed)} disagree by at most {largest:.2g}, within the rounding error ({noise:.1g}) "
+                f"of central differences (h = 1e-4) in float64; give a larger --weight-init-std, such as 0.01 "
+                f"(the default)")
+    return None
+
+
 def check_rows(n, seed, batch_size=10):
     """The sorted training rows the check of a run with this seed uses, and the generator, in the
     state after drawing them, that then picks the entries (its own stream: the check must not
@@ -55,12 +91,17 @@ def gradient_check_report(x, t, rng, *, n_classes, hidden_size, weight_init_std,
     """Check backprop for a run before it trains: its sizes and its seed's initial weights, in
     float64, on the rows x (batch, input_size) with labels t (batch,), as check_rows chose them
     with rng. Returns a JSON-ready dict; "passed" says whether every parameter's relative error
-    is at most tolerance."""
+    is at most tolerance. GradientCheckError naming weight_init_std when a failure is the
+    weights' (a saturated network, a gradient below the check's resolution), not backprop's."""
     network = TwoLayerNet(x.shape[1], hidden_size, n_classes, weight_init_std=weight_init_std,
                           rng=np.random.default_rng(seed), dtype=np.float64)
     x = np.asarray(x, dtype=np.float64)
     results = check_gradient(network, x, t, entries_per_param, rng)
     worst = max(r["relative_error"] for r in results.values())
+    if worst > tolerance:
+        message = blame_weights(network, x, t, results, tolerance, weight_init_std)
+        if message:
+            raise GradientCheckError(message)
     return {
         "passed": bool(worst <= tolerance),
         "tolerance": tolerance,

@@ -9,6 +9,8 @@ A user's error is logged as its one-line message instead of a traceback.
 import errno
 import logging
 import os
+import select
+import sys
 
 from pipeline.errors import PipelineError
 
@@ -67,3 +69,21 @@ def install():
         handler.setFormatter(logging.Formatter(FORMAT))
         luigi_logger.addHandler(handler)
         luigi_logger.setLevel(config.get("core", "log_level", "INFO").upper())
+
+
+def stdout_reader_gone():
+    """True when stdout is a pipe whose reader has closed it (`| head -1` read enough), and then
+    stdout is pointed at /dev/null, so no further write, nor the flush at exit, fails again.
+    False (stdout untouched) when stdout is fine: a broken pipe elsewhere is a real failure."""
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no real stdout (captured, closed): nothing to tell
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return gone

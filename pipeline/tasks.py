@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from pipeline import canary, checkpoint, lineage, logs, processed, report, runs, storage
 from pipeline.atomic import atomic_path, temporaries_of, write_atomically
-from pipeline.download import fetch_dataset, known_train_size, load_raw_dataset, staging_directories
+from pipeline.download import fetch_dataset, known_train_size, load_raw_dataset, peek_train_size, staging_directories
 from pipeline.errors import DataError, GradientCheckError, ParameterError, PipelineError
 from pipeline.evaluation import BackgroundEvaluator, confusion_matrix, evaluate
 from pipeline.gradient_check import check_rows, gradient_check_report
@@ -345,6 +345,8 @@ class RunTask(RunParameters, PipelineTask):
             raise ParameterError(f"invalid patience={self.patience}: early stopping needs a validation split; "
                                  f"give --validation-size too, or --patience 0")
         train_size = known_train_size(self.dataset)
+        if train_size is None and self.source_dir:
+            train_size = peek_train_size(self.source_dir)
         if train_size is not None:
             check_fits_data(self.batch_size, self.iterations, train_size, self.validation_size)
 
@@ -711,6 +713,8 @@ class Sweep(SweepParameters, RunTask):
             raise ParameterError(f"the sweep has {' x '.join(map(str, sizes))} = {int(np.prod(sizes))} runs, more than "
                                  f"[training] max_sweep_runs = {self.max_sweep_runs}: shorten the lists or raise it")
         train_size = known_train_size(self.dataset)
+        if train_size is None and self.source_dir:
+            train_size = peek_train_size(self.source_dir)
         for combination in self.combinations():
             if train_size is not None:
                 check_fits_data(combination["batch_size"], combination["iterations"], train_size,

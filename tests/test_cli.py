@@ -100,14 +100,14 @@ def test_inspect_errors_are_clear(tmp_path, finished, capsys):
     (unfinished / "checkpoints").mkdir(parents=True)
     shutil.copy(run_dir / "checkpoints" / "iter-00000012.h5", unfinished / "checkpoints")
     cases = [
-        ([str(tmp_path / "missing")], "does not exist"),
-        ([str(tmp_path / "notes.h5")], "is not an HDF5 file"),
-        ([str(tmp_path)], "is not a run directory"),
-        ([str(unfinished)], "has no report to trust (missing)"),
-        (["--artifacts-dir", str(tmp_path / "none")], "no runs yet"),
+        ([str(tmp_path / "missing")], "does not exist", 2),
+        ([str(tmp_path / "notes.h5")], "is not an HDF5 file", 1),
+        ([str(tmp_path)], "is not a run directory", 1),
+        ([str(unfinished)], "has no report to trust (missing)", 1),
+        (["--artifacts-dir", str(tmp_path / "none")], "no runs yet", 1),
     ]
-    for args, message in cases:
-        assert main(["inspect", *args]) == 1
+    for args, message, code in cases:
+        assert main(["inspect", *args]) == code
         err = capsys.readouterr().err
         assert message in err and err.startswith("mnist-pipeline: error:")
 
