@@ -592,7 +592,7 @@ def _uploads(tree, now, min_age):
     """Items for the multipart uploads under a bucket root never completed, started min_age ago."""
     if not tree.remote:
         return []
-    _, root_key = tree.location[len("s3://"):].partition("/")[::2]
+    root_key = storage.key_of(tree.location)
     items = []
     for key, upload_id, initiated in storage.unfinished_uploads(tree.location):
         name = key[len(root_key) + 1:] if root_key else key
