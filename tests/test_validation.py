@@ -322,14 +322,12 @@ def test_predict_on_a_run_directory_uses_the_best_validation_checkpoint(chain, s
     assert "not the run's trained model" in capsys.readouterr().err
 
 
-def test_a_split_too_large_for_a_custom_dataset_fails_before_training(chain):
+def test_a_split_too_large_for_a_custom_dataset_is_refused_before_any_stage(chain):
     params = dict(chain, validation_size=560)  # 600 images, batch 50: at most 550 may be held out
-    status, failures = build(tasks.TrainNetwork(**params))
-    assert status != LuigiStatusCode.SUCCESS
-    assert any("invalid validation_size=560: must leave a batch (50) of the 600 training images" in message
-               for _, message in failures)
-    run_dir = tasks.TrainNetwork(**params).run_dir
-    assert not (run_dir / "model.h5").exists() and not (run_dir / "checkpoints").exists()
+    with pytest.raises(ParameterError, match="invalid validation_size=560: must leave a batch \\(50\\) of the 600 "
+                                              "training images"):
+        tasks.TrainNetwork(**params)
+    assert not Path(chain["data_dir"]).exists() and not Path(chain["artifacts_dir"]).exists()
 
 
 def test_checkpoints_of_another_split_are_not_resumed_from(chain, caplog):
