@@ -72,7 +72,7 @@ def workspace(path):
     return path
 
 
-def measure(verbose=False):
+def measure():
     """One sweep, then status of its 4 runs from the sweep's workspace and from a fresh one."""
     root = Path(tempfile.mkdtemp(prefix="bench-status-"))
     try:
