@@ -292,6 +292,8 @@ def main():
         median = statistics.median(times[name])
         print(f"{name:46} {min(times[name]):7.2f} {median:9.2f} {median / baseline:6.2f} "
               f"{evaluations[name]:6d} {accuracies[name]:9.4f}")
+    print("each repeat, in order (s): " + "; ".join(
+        f"{name.split(' (')[0]} {', '.join(f'{t:.2f}' for t in times[name])}" for name in rows))
     if PYTORCH in times:
         ratio = statistics.median(times[PIPELINE]) / statistics.median(times[PYTORCH])
         print(f"\npipeline / pytorch: {ratio:.2f}")
