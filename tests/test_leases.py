@@ -153,3 +153,24 @@ def test_a_lost_lease_refuses_every_write_given_it(s3server, tmp_path):
     assert not storage.exists(target, settings=s3server.settings)
     lease.release()  # a lost lease is not deleted: it is the new holder's
     assert storage.exists(storage.join(location, "lease"), settings=s3server.settings)
+
+
+@pytest.mark.parametrize("case", ["missing bucket", "unreachable endpoint"])
+def test_a_bucket_that_cannot_be_used_is_one_line_before_anything_runs(tmp_path, s3server, synthetic_source, case):
+    env = {**os.environ, **s3server.env}
+    bucket = s3server.bucket
+    if case == "missing bucket":
+        bucket = f"no-such-bucket-{uuid.uuid4().hex[:8]}"
+    else:
+        env["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"  # discard: nothing answers there
+        env["AWS_MAX_ATTEMPTS"] = "2"
+    flags = ["--dataset", "synthetic", "--source-dir", str(synthetic_source), "--local-dirs", "[]", "--mirrors", "[]",
+             "--data-dir", f"s3://{bucket}/data", "--artifacts-dir", f"s3://{bucket}/artifacts", *RUN]
+    workdir = workspace(tmp_path / "w")
+    for command in (["status", *flags], ["run", *flags], ["inspect", "--artifacts-dir", f"s3://{bucket}/artifacts"]):
+        done = run(command, workdir, tool="cli", env=env, timeout=120)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        expected = "does not exist: create it" if case == "missing bucket" else "cannot reach the S3 endpoint"
+        assert expected in lines[0], lines[0]
+    assert sorted(p.name for p in workdir.iterdir()) == ["luigi.cfg"]
