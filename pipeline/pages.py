@@ -1098,13 +1098,15 @@ def _sweeps_table(sweeps, runs):
                     + _td(sweep.get("dataset"), None, "dataset", cls="")
                     + _td(sweep.get("run_count"), None, "run_count")
                     + _td(best, best_text, "best_run_id", cls="mono")
-                    + _td(sweep.get("best_test_accuracy"), _fixed(sweep.get("best_test_accuracy")),
+                    + _td(sweep.get("best_test_accuracy"), _fixed(sweep.get("best_test_accuracy"))
+                          + (" (at its best validation epoch)" if sweep.get("chosen_on") == "validation" else ""),
                           "best_test_accuracy")
                     + _td(_timestamp(sweep.get("finished_at")), _time_text(sweep.get("finished_at")), "finished_at")
                     + '</tr>')
     return ('<div class="scroll"><table class="runs" id="sweeps"><thead><tr><th>sweep</th><th>dataset</th>'
-            '<th class="num">runs</th><th>best run (final test accuracy)</th><th class="num">its final test '
-            'accuracy</th><th class="num">finished (UTC)</th></tr></thead>'
+            '<th class="num">runs</th><th>best run (by validation accuracy where the sweep has a split, else '
+            'by final test accuracy)</th><th class="num">its test accuracy</th><th class="num">finished (UTC)</th>'
+            '</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 

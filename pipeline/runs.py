@@ -175,9 +175,11 @@ def sweep_rows(artifacts_dir, rows):
             if not summary or "run_id" not in summary[0]:
                 continue
             times = [finished.get(r["run_id"], "") for r in summary]
+            validated = summary[0].get("test_accuracy_at_best_epoch") not in (None, "")
             found.append({"sweep_id": sweep_id, "dataset": dataset, "run_count": len(summary),
-                          "best_run_id": summary[0]["run_id"],
-                          "best_test_accuracy": _number(summary[0].get("final_test_accuracy")),
+                          "best_run_id": summary[0]["run_id"], "chosen_on": "validation" if validated else "test",
+                          "best_test_accuracy": _number(summary[0].get(
+                              "test_accuracy_at_best_epoch" if validated else "final_test_accuracy")),
                           "finished_at": max(times) if all(times) else "",
                           "href": f"{dataset}/sweeps/{sweep_id}/index.html"})
     return found
