@@ -311,8 +311,8 @@ def test_the_index_lists_each_sweep_with_a_summary_and_skips_damaged_ones(tmp_pa
         path.write_bytes(b"\xff\xfe\x00garbage" if text is None else text.encode())
     (sweeps / "sweep-nosummary").mkdir()
     listed = runs.sweep_rows(str(tmp_path), runs.read_runs(str(tmp_path)))
-    assert listed == [{"sweep_id": "sweep-good", "dataset": "synthetic", "run_count": 2, "best_run_id": "b", "chosen_on": "test",
-                       "best_test_accuracy": 0.7, "finished_at": "2026-12-01T11:00:00+00:00",
+    assert listed == [{"sweep_id": "sweep-good", "dataset": "synthetic", "run_count": 2, "best_run_id": "b",
+                       "chosen_on": "test", "best_test_accuracy": 0.7, "finished_at": "2026-12-01T11:00:00+00:00",
                        "href": "synthetic/sweeps/sweep-good/index.html"}]
     runs.write_index(str(tmp_path))
     page = (tmp_path / "index.html").read_text()
