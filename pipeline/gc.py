@@ -1,7 +1,7 @@
 """What the data and the runs take, and what may be removed without losing a result, on a
 disk and in a bucket alike.
 
-    found = survey("s3://bucket/artifacts", "s3://bucket/data", cache_dir="cache")
+    found = survey("artifacts", "data", cache_dir="cache")  # or bucket locations
     print(format_usage(usage(found)))
     items = plan(found, keep_runs=5, checkpoints=True)
     print(format_plan(items)); remove(items)
@@ -42,15 +42,11 @@ Checks happen when planning; nothing is locked until remove().
 
 import bisect
 import datetime
-import fcntl
 import json
 import os
 import re
-import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from pipeline import lineage, runs, storage
 from pipeline.errors import ParameterError
@@ -122,10 +118,9 @@ class Tree:
 
     def __init__(self, location, now):
         self.location = storage.parse(location)
-        self.remote = storage.is_remote(self.location)
-        self.files = _local_files(self.location) if not self.remote else storage.listing(self.location)
+        self.files = storage.inventory(self.location)
         self._names = sorted(self.files)
-        self.listed = {self.where(name): stored for name, stored in self.files.items()} if self.remote else None
+        self.listed = {self.where(name): stored for name, stored in self.files.items()}
         self.locks = _locks(self.location, self.files, now)
         self.held = sorted(lock.name for lock in self.locks if lock.held)
 
@@ -141,18 +136,6 @@ class Tree:
 
     def size(self, prefix):
         return sum(stored.size for stored in self.under(prefix).values())
-
-
-def _local_files(root):
-    found = {}
-    for directory, dirs, files in os.walk(root):
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(directory, d))]:
-            path = os.path.join(directory, name)
-            try:
-                found[Path(path).relative_to(root).as_posix()] = storage.Stored(os.lstat(path).st_size)
-            except OSError:
-                pass  # gone meanwhile
-    return dict(sorted(found.items()))
 
 
 @dataclass(frozen=True)
@@ -173,50 +156,9 @@ def _locks(root, files, now):
         if len(parts) != 2 or parts[0] != ".locks" or not LOCK_NAME.match(parts[1]):
             continue
         location = storage.join(root, name)
-        if not storage.is_remote(root):
-            held = _held_locally(location)
-            stale = not held and not parts[1].endswith(".lock")
-            found.append(Lock(parts[1], location, held, stale, stored.size, "a lock file no process holds"))
-            continue
-        expires, ttl = _lease_expiry(location)
-        if expires is None:  # not a lease body: Lease counts it as expired; gc leaves it alone
-            found.append(Lock(parts[1], location, False, False, stored.size))
-        else:
-            stale = expires + ttl < now
-            why = f"a lease that expired at {_utc(expires)} and was not renewed"
-            found.append(Lock(parts[1], location, expires >= now, stale, stored.size, why))
+        state = storage.lock_state(location, now)
+        found.append(Lock(parts[1], location, state.held, state.stale, stored.size, state.why))
     return found
-
-
-def _held_locally(path):
-    """Whether some process holds the flock of this file (unknown counts as held)."""
-    try:
-        with open(path, "rb") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            return False
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
-
-
-def _lease_expiry(location):
-    """(expires, ttl_seconds) of a lease object's body ({owner, token, expires, ttl_seconds}),
-    or (None, None) when it is not one."""
-    try:
-        body = json.loads(storage.read_bytes(location))
-        expires, ttl = float(body["expires"]), float(body.get("ttl_seconds") or 60.0)
-        if not ({"owner", "token"} <= set(body) and expires == expires and abs(expires) != float("inf")):
-            raise ValueError(location)
-    except FileNotFoundError:
-        return None, None
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None, None
-    return expires, max(ttl, 0.0)
 
 
 def _utc(seconds):
@@ -289,9 +231,7 @@ def _vouches(tree, record_name):
 
 
 def _local_cache(cache_dir):
-    if storage.is_remote(cache_dir):
-        raise ParameterError(f"invalid cache_dir {cache_dir!r}: a worker's cache is a local directory")
-    return Path(cache_dir)
+    return storage.local_directory(cache_dir, "cache_dir")
 
 
 # --- sizes ---
@@ -579,10 +519,8 @@ def _temporaries(tree):
         if match and (_pipeline_directory(tree, directory) or (not directory and match["name"] in ROOT_FILES)):
             items.append(Item(tree.where(name), stored.size, "temporary", "orphaned temporary of a write that was "
                               "killed", (tree.where(name),), tree.location))
-    if not tree.remote:  # an empty staging directory is listed by no file
-        raw = Path(tree.location, "raw")
-        staging |= {p.name for p in raw.iterdir() if STAGING.match(p.name) and p.is_dir() and not p.is_symlink()} \
-            if raw.is_dir() else set()
+    # an empty staging directory holds no file (on a disk)
+    staging |= {name for name in storage.subdirectories(tree.where("raw")) if STAGING.match(name)}
     items += [_dir_item(tree, f"raw/{name}", "staging", "orphaned download staging directory")
               for name in sorted(staging)]
     return items
@@ -590,19 +528,13 @@ def _temporaries(tree):
 
 def _uploads(tree, now, min_age):
     """Items for the multipart uploads under a bucket root never completed, started min_age ago."""
-    if not tree.remote:
-        return []
-    root_key = storage.key_of(tree.location)
     items = []
-    for key, upload_id, initiated in storage.unfinished_uploads(tree.location):
-        name = key[len(root_key) + 1:] if root_key else key
-        if root_key and not key.startswith(root_key + "/"):
-            continue
+    for name, upload_id, initiated in storage.unfinished_uploads(tree.location):
         started = initiated.timestamp() if hasattr(initiated, "timestamp") else None
         if started is None or now - started < min_age or not _pipeline_directory(tree, name.rpartition("/")[0]):
             continue
         items.append(Item(tree.where(name), 0, "upload", f"a multipart upload started {_utc(started)} and never "
-                          f"completed (its parts)", (), tree.location, upload=(key, upload_id)))
+                          f"completed (its parts)", (), tree.location, upload=(name, upload_id)))
     return items
 
 
@@ -678,54 +610,9 @@ def _remove_item(item):
         storage.abort_upload(item.root, *item.upload)
         return True
     if item.kind == "lock":
-        return _remove_lock(item.location)
-    if not storage.is_remote(item.location) and os.path.isdir(item.location) \
-            and not os.path.islink(item.location):
-        for first in item.objects[:1]:
-            if first.endswith(FIRST_RECORDS):
-                storage.delete(first)
-        shutil.rmtree(item.location, ignore_errors=True)
-        return True
-    first = [location for location in item.objects if location.endswith(FIRST_RECORDS)]
-    rest = [location for location in item.objects if location not in first]
-    for location in first:
-        storage.delete(location)
-    if len(rest) > 4:
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(storage.delete, rest))
-    else:
-        for location in rest:
-            storage.delete(location)
-    return bool(item.objects)
-
-
-def _remove_lock(location):
-    """Remove a stale lock: a local file under its own flock (a contender that opened it sees it
-    gone, as after Lease.release), a lease object only while it is still expired."""
-    if storage.is_remote(location):
-        expires, ttl = _lease_expiry(location)
-        if expires is None or expires + ttl >= time.time():
-            return False
-        storage.delete(location)
-        return True
-    try:
-        handle = open(location, "rb")
-    except FileNotFoundError:
-        return False
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # taken meanwhile
-        try:
-            if os.fstat(handle.fileno()).st_ino != os.stat(location).st_ino:
-                return False
-            os.unlink(location)
-            return True
-        except FileNotFoundError:
-            return False
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        return storage.remove_stale_lock(item.location)
+    return storage.remove_tree(item.location, item.objects,
+                               first=[location for location in item.objects if location.endswith(FIRST_RECORDS)])
 
 
 def _drop_outputs(record_location, labels):

@@ -673,24 +673,86 @@ def mark(location, *, settings=None):
 
 
 def unfinished_uploads(prefix_location, *, settings=None):
-    """[(key, upload id, initiated)] of multipart uploads under an s3 prefix never completed."""
+    """[(name below the prefix, upload id, initiated)] of the multipart uploads under a location
+    never completed ([] on a disk, where a killed write leaves a temporary file instead)."""
     if not is_remote(prefix_location):
         return []
     client = _client(prefix_location, settings)
     bucket, key = _split(prefix_location)
+    prefix = key.rstrip("/") + "/" if key else ""
     found = []
-    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key):
-        found += [(u["Key"], u["UploadId"], u.get("Initiated")) for u in page.get("Uploads", [])]
+    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
+        found += [(u["Key"][len(prefix):], u["UploadId"], u.get("Initiated")) for u in page.get("Uploads", [])]
     return found
 
 
-def abort_upload(prefix_location, key, upload_id, *, settings=None):
+def abort_upload(prefix_location, name, upload_id, *, settings=None):
+    """Abort the multipart upload of `name` below the prefix (its parts go); nothing when gone."""
     bucket, _ = _split(prefix_location)
+    key = _split(join(prefix_location, name))[1]
     try:
         _client(prefix_location, settings).abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
     except Exception as error:
         if not _is_client_error(error, "NoSuchUpload", *_MISSING):
             raise
+
+
+def inventory(location, *, settings=None):
+    """{name: Stored} of everything under a root, as a cleaner sees it: on a disk every file,
+    temporaries and symbolic links included (each with its own size); in a bucket every object
+    (one LIST per 1,000)."""
+    if is_remote(location):
+        return listing(location, settings=settings)
+    found = {}
+    for directory, dirs, files in os.walk(location):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(directory, d))]:
+            path = os.path.join(directory, name)
+            try:
+                found[Path(path).relative_to(location).as_posix()] = Stored(os.lstat(path).st_size)
+            except OSError:
+                pass  # gone meanwhile
+    return dict(sorted(found.items()))
+
+
+def subdirectories(location, *, settings=None):
+    """Names of the directories (prefixes, in a bucket) directly under location, empty ones too
+    on a disk; symbolic links are not followed."""
+    if is_remote(location):
+        return sorted({name.split("/", 1)[0] for name in listing(location, settings=settings) if "/" in name})
+    try:
+        return sorted(entry.name for entry in os.scandir(location) if entry.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def local_directory(text, what):
+    """`text` as a local directory's path; ParameterError for a bucket location (a worker's own
+    cache, say, is on its disk)."""
+    location = parse(text, what)
+    if is_remote(location):
+        raise ParameterError(f"invalid {what}={text}: must be a local directory")
+    return Path(location)
+
+
+def remove_tree(location, objects, first=(), *, settings=None):
+    """Remove a file or directory: `first` (locations) in their order, then the rest of
+    `objects` (in parallel in a bucket), and on a disk the directory itself with anything left.
+    True when there was something to remove."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for item in first:
+        delete(item, settings=settings)
+    rest = [item for item in objects if item not in set(first)]
+    if is_remote(location) and len(rest) > 4:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda item: delete(item, settings=settings), rest))
+    else:
+        for item in rest:
+            delete(item, settings=settings)
+    if not is_remote(location) and os.path.isdir(location) and not os.path.islink(location):
+        shutil.rmtree(location, ignore_errors=True)
+        return True
+    return bool(objects)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1032,3 +1094,92 @@ def _expiry(content):
     except (TypeError, ValueError):
         return None
     return expires if expires == expires and abs(expires) != float("inf") else None
+
+
+@dataclass(frozen=True)
+class LockState:
+    """What a lock under .locks/ is now: held (some process holds it, or its lease lies ahead),
+    stale (nobody will come back for it: it may be removed) and why."""
+
+    held: bool
+    stale: bool
+    why: str = ""
+
+
+def lock_state(location, now=None, *, settings=None):
+    """The LockState of a lock file (a local flock; an exclusive_lock's `*.lock` file is never
+    stale, removing it could let two holders in) or of a lease object in a bucket (held until
+    its expiry, stale a ttl after it; a body that is not a lease is neither)."""
+    now = time.time() if now is None else now
+    if not is_remote(location):
+        held = _flock_held(location)
+        return LockState(held, not held and not location.endswith(".lock"), "a lock file no process holds")
+    expires, ttl = _lease_body(location, settings)
+    if expires is None:
+        return LockState(False, False)
+    return LockState(expires >= now, expires + ttl < now,
+                     f"a lease that expired at {time.strftime('%Y-%m-%dT%H:%M:%S+00:00', time.gmtime(expires))} "
+                     f"and was not renewed")
+
+
+def remove_stale_lock(location, now=None, *, settings=None):
+    """Remove a lock that lock_state() calls stale, checked again now: a local file under its own
+    flock (a contender that opened it sees it gone, as after Lease.release), a lease object only
+    while it is still expired. True when it was removed."""
+    if is_remote(location):
+        expires, ttl = _lease_body(location, settings)
+        if expires is None or expires + ttl >= (time.time() if now is None else now):
+            return False
+        delete(location, settings=settings)
+        return True
+    try:
+        handle = open(location, "rb")
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # taken meanwhile
+        try:
+            if os.fstat(handle.fileno()).st_ino != os.stat(location).st_ino:
+                return False
+            os.unlink(location)
+            return True
+        except FileNotFoundError:
+            return False
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _flock_held(path):
+    """Whether some process holds the flock of this file (unknown counts as held)."""
+    try:
+        with open(path, "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
+def _lease_body(location, settings=None):
+    """(expires, ttl_seconds) of a lease object's body ({owner, token, expires, ttl_seconds}),
+    or (None, None) when there is none or it is not one."""
+    try:
+        body = json.loads(read_bytes(location, settings=settings))
+    except (FileNotFoundError, ValueError):
+        return None, None
+    expires = _expiry(body) if isinstance(body, dict) and {"owner", "token"} <= set(body) else None
+    if expires is None:
+        return None, None
+    try:
+        ttl = float(body.get("ttl_seconds") or 60.0)
+    except (TypeError, ValueError):
+        ttl = 60.0
+    return expires, max(ttl, 0.0)

@@ -43,7 +43,7 @@ def test_a_malformed_location_is_one_line_naming_it(text, why):
     ("s3://my.bucket-1/a/b/", "s3://my.bucket-1/a/b"),
     ("artifacts/", "artifacts"),
     ("/", "/"),
-    ("../shared/data", "../shared/data"),
+    ("../elsewhere/data", "../elsewhere/data"),
 ])
 def test_a_good_location_is_kept_without_a_trailing_slash(text, parsed):
     assert storage.parse(text) == parsed
