@@ -7,15 +7,13 @@ A run's record (a dict): {"weights_sha256": str, "data_sha256": {file name: sha2
 
     compare(current, previous) -> (status, message), status one of STATUSES
 
-Pure but for environment() (reads /proc/cpuinfo) and check_run(), which keeps each dated run's
-record in <run dir>/canary.json and compares it with its siblings'.
+Pure but for environment() (reads /proc/cpuinfo) and check(), which finds the previous date's
+run through the runs index and reads its report.
 """
 
 import hashlib
 import json
 import platform
-import sys
-from importlib import metadata
 
 STATUSES = ("reproducible", "different-bits", "different-data", "no-previous")
 PARAM_ORDER = ("W1", "b1", "W2", "b2")
@@ -33,38 +31,17 @@ def weights_sha256(params):
 
 
 def environment():
-    """What the last bits of a training depend on, as plain JSON values: versions of Python,
-    numpy, its BLAS, h5py and luigi, the BLAS thread count in force now, the CPU and its flags."""
-    facts = {"python": platform.python_version(), "numpy": _version("numpy"), "h5py": _version("h5py"),
-             "luigi": _version("luigi"), "machine": platform.machine()}
-    blas = _blas()
-    facts.update({"blas": blas.get("library", ""), "blas_version": blas.get("version", ""),
-                  "blas_architecture": blas.get("architecture", ""), "blas_threads": blas.get("threads")})
-    facts["cpu_flags"] = _cpu_flags()
-    return facts
+    """What the last bits of a training depend on, as plain JSON values: the versions a report
+    records (pipeline.report.environment: Python, numpy, h5py, luigi, the BLAS loaded and its
+    thread count in force now), the machine, and the CPU's flags."""
+    from pipeline.report import environment as versions
 
-
-def _version(package):
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return ""
-
-
-def _blas():
-    """The first BLAS threadpoolctl finds loaded (numpy's once numpy is imported)."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return {}
-    if "numpy" not in sys.modules:
-        import numpy  # noqa: F401  (loads the BLAS threadpoolctl reports)
-    for pool in threadpool_info():
-        if pool.get("user_api") == "blas":
-            return {"library": f"{pool.get('internal_api')} {pool.get('prefix', '')}".strip(),
-                    "version": pool.get("version") or "", "architecture": pool.get("architecture") or "",
-                    "threads": pool.get("num_threads")}
-    return {}
+    found = versions()
+    blas = found["blas"]
+    return {"python": found["python"], "numpy": found["numpy"], "h5py": found["h5py"], "luigi": found["luigi"],
+            "machine": platform.machine(), "blas": blas.get("loaded", ""), "blas_version": blas.get("loaded_version", ""),
+            "blas_architecture": blas.get("architecture", ""), "blas_threads": blas.get("threads"),
+            "cpu_flags": _cpu_flags()}
 
 
 def _cpu_flags(cpuinfo="/proc/cpuinfo"):
