@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline import pages
 from pipeline.atomic import write_atomically
-from pipeline.training import EarlyStopping
+from pipeline.training import best_epoch
 
 SWEPT = ("hidden_size", "learning_rate", "batch_size", "seed")
 COLUMNS = ("run_id",) + SWEPT + ("iterations", "dtype", "sampling", "final_train_accuracy",
@@ -66,9 +66,7 @@ def summary_rows(reports):
 
 def _validation_row(metrics):
     params = metrics["hyperparameters"]
-    tracker = EarlyStopping(0)  # the rule training used to name best.h5
-    tracker.observe(metrics["epochs"])
-    best = tracker.best
+    best = best_epoch(metrics["epochs"])  # the rule training used to name best.h5
     return {
         "run_id": metrics["run_id"], **{key: params[key] for key in SWEPT},
         "iterations": params["iterations"], "dtype": params["dtype"], "sampling": params["sampling"],

@@ -62,6 +62,14 @@ def training_rows(n, held_out):
     return np.flatnonzero(keep).astype(np.int64)
 
 
+def best_epoch(rows):
+    """The row of the best validation accuracy among evaluation rows (the earliest of equal
+    ones), by EarlyStopping's rule; None when no row has a validation figure."""
+    tracker = EarlyStopping(0)
+    tracker.observe([row for row in rows if row.get("validation_accuracy") is not None])
+    return tracker.best
+
+
 class EarlyStopping:
     """The best validation accuracy so far and when to stop: after `patience` checkpoints in a
     row without a strictly higher one (0: never). The earliest of equal bests is the best.
