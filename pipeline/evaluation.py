@@ -26,16 +26,21 @@ def epoch_columns(rows):
     return EPOCH_COLUMNS + (VALIDATION_COLUMNS if rows and VALIDATION_COLUMNS[0] in rows[0] else ())
 
 
-def evaluate(params, x, t, chunk_size=CHUNK_ROWS):
-    """(accuracy, mean cross-entropy, predictions (n,)) of the network `params` over all of x.
+def evaluate(params, x, t, chunk_size=CHUNK_ROWS, probabilities=False):
+    """(accuracy, mean cross-entropy, predictions (n,)) of the network `params` over all of x,
+    and with probabilities=True also the softmax outputs (n, classes) they came from.
 
     x (n, input_size); t one-hot (n, classes) or integers (n,)."""
     labels = to_indices(t, params["b2"].size)
     spans = _spans(x.shape[0], chunk_size)
-    chunks = [_chunk(params, x[a:b], labels[a:b]) for a, b in spans]
+    kept = []
+    chunks = [_chunk(params, x[a:b], labels[a:b], kept if probabilities else None) for a, b in spans]
     hits = [(np.count_nonzero(p == labels[a:b]), log_p_sum) for (p, log_p_sum), (a, b) in zip(chunks, spans)]
     predictions = np.concatenate([p for p, _ in chunks]) if chunks else np.empty(0, np.intp)
-    return (*_combine(hits, labels.shape[0]), predictions)
+    if not probabilities:
+        return (*_combine(hits, labels.shape[0]), predictions)
+    outputs = np.concatenate(kept) if kept else np.empty((0, params["b2"].size), params["b2"].dtype)
+    return (*_combine(hits, labels.shape[0]), predictions, outputs)
 
 
 def confusion_matrix(labels, predictions, n_classes):
@@ -44,9 +49,12 @@ def confusion_matrix(labels, predictions, n_classes):
     return np.bincount(labels * n_classes + predictions, minlength=n_classes ** 2).reshape(n_classes, n_classes)
 
 
-def _chunk(params, x, labels):
-    """(predictions, sum of log(p + 1e-7) of the true classes) of one chunk of rows."""
+def _chunk(params, x, labels, keep=None):
+    """(predictions, sum of log(p + 1e-7) of the true classes) of one chunk of rows; its softmax
+    outputs are appended to `keep` when one is given."""
     y = predict(params, x)
+    if keep is not None:
+        keep.append(y)
     log_p = np.log(y[np.arange(x.shape[0]), labels] + 1e-7)  # the 1e-7 of cross_entropy_error
     return np.argmax(y, axis=1), float(np.sum(log_p, dtype=np.float64))
 
