@@ -30,12 +30,12 @@ from pipeline.download import fetch_dataset, known_train_size, load_raw_dataset,
 from pipeline.errors import DataError, GradientCheckError, ParameterError, PipelineError
 from pipeline.evaluation import BackgroundEvaluator, confusion_matrix, evaluate
 from pipeline.gradient_check import check_rows, gradient_check_report
-from pipeline.network import TwoLayerNet, predict
+from pipeline.network import TwoLayerNet
 from pipeline.params import (HIDDEN, DataParameters, Number, RunParameters, SweepParameters, WholeNumber,
                              check_fits_data, configured_mirrors, sources)
 from pipeline.picture import default_framing
 from pipeline.sweep import write_sweep_summary
-from pipeline.training import (EarlyStopping, checkpoint_iterations, iterations_per_epoch,
+from pipeline.training import (EarlyStopping, best_epoch, checkpoint_iterations, iterations_per_epoch,
                                split_digest, train, training_rows, validation_split)
 
 # [paths] and [training] hold settings shared by every task; luigi warns that it prefers a
@@ -161,7 +161,7 @@ class PipelineTask(DataParameters, luigi.Task):
         """Make the outputs once: processes running this same task take turns on a lease (in the
         bucket with one) and the later ones find the work done. Each output is published (a no-op
         on a disk) while the lease is held, then the record that vouches for them, last."""
-        with self.lock() as lease:
+        with self.lock() as lease, one_look():  # each upstream record read once while making
             self.make_under(lease)
 
     def make_under(self, lease):
@@ -173,6 +173,9 @@ class PipelineTask(DataParameters, luigi.Task):
             logger.info("removing %s, left by an interrupted run", leftover)
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         storage.delete(self.record_location(), lease=lease)  # no record vouches for a half-made output
+        for memo in _looks:  # nor does what was read of it before
+            memo.pop(("record", self.record_location()), None)
+            memo.pop(("verdict", id(self)), None)
         self.root().mark()
         inputs = self.record_inputs()
         for location, entry in self.reads().values():
@@ -644,7 +647,8 @@ class EvaluateNetwork(RunTask):
         images, labels = self.load_data(("test",))
         n_classes = model.params["b2"].size
         rows = model.evaluation or []
-        test_accuracy, _, predictions = evaluate(model.params, images["test"], labels["test_labels"])
+        test_accuracy, _, predictions, probabilities = evaluate(model.params, images["test"], labels["test_labels"],
+                                                                probabilities=True)
         if not rows or rows[-1]["iteration"] != model.iteration or rows[-1]["test_accuracy"] != test_accuracy:
             raise PipelineError(f"{self.input()['model'].location}: its figures do not match its weights (final "
                                 f"test accuracy {test_accuracy:.4f} recomputed); delete it and rerun to train it again")
@@ -664,8 +668,7 @@ class EvaluateNetwork(RunTask):
             checkpoints=[{"file": Path(label).name, "iteration": checkpoint.iteration_of(label),
                           "sha256": entry["sha256"]} for label, entry in records["TrainNetwork"].get("outputs", {}).items()
                          if label.startswith("checkpoints/")],
-            mistakes=report.confident_mistakes(predict(model.params, images["test"]), labels["test_labels"],
-                                               images["test"]),
+            mistakes=report.confident_mistakes(probabilities, labels["test_labels"], images["test"]),
             stages=[*stages, {"task": "EvaluateNetwork", "state": "ran", "finished_at": _utc_now(),
                               "seconds": round(time.perf_counter() - started, 3)}],
             created_at=_utc_now())
@@ -681,9 +684,8 @@ class EvaluateNetwork(RunTask):
         final = built["final"]
         row = {"run_id": self.run_id, **self.hyperparameters(), "train_accuracy": final["train_accuracy"],
                "test_accuracy": final["test_accuracy"], "report_sha256": outputs["report.json"][1]["sha256"]}
-        chosen = [e for e in built["epochs"] if e.get("validation_accuracy") is not None]
-        if chosen:  # the epoch a validation split chooses (the earliest best), and its test accuracy
-            best = max(chosen, key=lambda e: (e["validation_accuracy"], -e["iteration"]))
+        best = best_epoch(built["epochs"])
+        if best:  # the epoch a validation split chooses, and its test accuracy
             row.update(best_validation_accuracy=best["validation_accuracy"], best_epoch=best["epoch"],
                        test_accuracy_at_best_epoch=best["test_accuracy"])
         runs.add_run(self.artifacts_dir, row, lease_seconds=self.lease_seconds)
