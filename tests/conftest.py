@@ -1,16 +1,10 @@
 """Shared fixtures: generated IDX datasets, loopback mirrors, a luigid. No test touches the network
 beyond 127.0.0.1, and none reads the user's luigi.cfg: every parameter is passed explicitly."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-
 import luigi.configuration
 import pytest
 
+import servers
 from fakedata import make_idx_dataset
 from mirror import Mirror
 
@@ -52,32 +46,8 @@ def mirrors():
         mirror.close()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def luigid(tmp_path):
-    """A central scheduler on 127.0.0.1 with its own state file; shut down afterwards."""
-    port = free_port()
-    config = tmp_path / "luigid.cfg"
-    config.write_text(f"[scheduler]\nstate_path = {tmp_path / 'luigid-state'}\n")
-    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config)}
-    server = subprocess.Popen([sys.executable, "-c", "import luigi.cmdline; luigi.cmdline.luigid()",
-                               "--address", "127.0.0.1", "--port", str(port)],
-                              env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/api/task_list?data={}", timeout=1).read()
-            break
-        except OSError:
-            assert server.poll() is None, "luigid exited"
-            assert time.monotonic() < deadline, "luigid did not start"
-            time.sleep(0.1)
-    yield port, url
-    server.terminate()
-    server.wait(timeout=10)
+    """A central scheduler on 127.0.0.1 with its own state file: (port, url); shut down afterwards."""
+    with servers.luigid(tmp_path) as (port, url):
+        yield port, url

@@ -2,46 +2,24 @@
 sweep, its History page in a browser, and `mnist-pipeline history` from the database or from
 the runs index; a wrong database is a one-line error."""
 
-import os
 import sqlite3
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
+import servers
 from browser import Browser
-from conftest import free_port
 from pipeline.cli import main
 from runner import chain, run, workspace
 
 
 @pytest.fixture
 def luigid_with_history(tmp_path):
-    """luigid on 127.0.0.1 recording task history in tmp_path/history.db: (port, url, db path)."""
-    port, db = free_port(), tmp_path / "luigid" / "history.db"
+    """luigid on 127.0.0.1 recording task history in tmp_path/luigid/history.db: (port, url, db path)."""
+    db = tmp_path / "luigid" / "history.db"
     db.parent.mkdir()
-    config = db.parent / "luigid.cfg"
-    config.write_text(f"[core]\nautoload_range = false\n[scheduler]\nrecord_task_history = true\n"
-                      f"state_path = {db.parent / 'state'}\n[task_history]\ndb_connection = sqlite:///{db}\n")
-    server = subprocess.Popen([sys.executable, "-c", "import luigi.cmdline; luigi.cmdline.luigid()",
-                               "--address", "127.0.0.1", "--port", str(port)],
-                              env={**os.environ, "LUIGI_CONFIG_PATH": str(config)}, cwd=db.parent,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/api/task_list?data={}", timeout=1).read()
-            break
-        except OSError:
-            assert server.poll() is None, "luigid exited"
-            assert time.monotonic() < deadline, "luigid did not start"
-            time.sleep(0.1)
-    yield port, url, db
-    server.terminate()
-    server.wait(timeout=10)
+    with servers.luigid(db.parent, f"record_task_history = true\n[task_history]\ndb_connection = sqlite:///{db}\n") \
+            as (port, url):
+        yield port, url, db
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port
+import servers
 from pipeline import metrics
 from runner import chain, run, workspace
 
@@ -117,7 +117,7 @@ def test_record_without_a_metrics_section_writes_nothing_and_an_unwritable_one_o
     blocked = tmp_path / "file"
     blocked.write_text("")
     new = metrics.record("run", "mnist", 0, started=0,
-                         config={"textfile": str(blocked / "x.prom"), "pushgateway": f"127.0.0.1:{free_port()}"})
+                         config={"textfile": str(blocked / "x.prom"), "pushgateway": f"127.0.0.1:{servers.free_port()}"})
     assert new and "cannot write" in caplog.text and "cannot push" in caplog.text
 
 
@@ -126,22 +126,11 @@ def pushgateway(tmp_path):
     """Debian's prometheus-pushgateway on a free 127.0.0.1 port: its address; stopped afterwards."""
     if not Path(PUSHGATEWAY).exists():
         pytest.skip("prometheus-pushgateway is not installed (apt-get install prometheus-pushgateway)")
-    address = f"127.0.0.1:{free_port()}"
-    server = subprocess.Popen([PUSHGATEWAY, f"--web.listen-address={address}",
-                               f"--persistence.file={tmp_path / 'pushgateway.data'}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(f"http://{address}/-/ready", timeout=1).read()
-            break
-        except OSError:
-            assert server.poll() is None, "pushgateway exited"
-            assert time.monotonic() < deadline, "pushgateway did not start"
-            time.sleep(0.1)
-    yield address
-    server.terminate()
-    server.wait(timeout=10)
+    address = f"127.0.0.1:{servers.free_port()}"
+    with servers.serving([PUSHGATEWAY, f"--web.listen-address={address}",
+                          f"--persistence.file={tmp_path / 'pushgateway.data'}"],
+                         f"http://{address}/-/ready", "pushgateway"):
+        yield address
 
 
 def scrape(address):

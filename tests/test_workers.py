@@ -7,14 +7,13 @@ pipeline/retcodes.py); `python -m pipeline.retcodes` is the entry point that doe
 
 import collections
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+import servers
 
 pytestmark = pytest.mark.slow  # servers on 127.0.0.1 and processes racing: tens of seconds
 
@@ -41,12 +40,6 @@ wait_jitter = 0.3
 """
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_repo_luigi_cfg_has_these_retcodes():
     """The workers below run under the same exit codes as a user's luigi.cfg."""
     text = (TESTS.parent / "luigi.cfg").read_text()
@@ -56,31 +49,9 @@ def test_repo_luigi_cfg_has_these_retcodes():
 
 @pytest.fixture
 def luigid(tmp_path):
-    """luigid on a free 127.0.0.1 port with its state and logs in tmp_path; stopped afterwards."""
-    port = free_port()
-    (tmp_path / "luigid-logs").mkdir()
-    config = tmp_path / "luigid.cfg"
-    config.write_text("[core]\nautoload_range = false\n")
-    luigid_bin = Path(sys.executable).with_name("luigid")
-    command = [str(luigid_bin)] if luigid_bin.exists() else [
-        sys.executable, "-c", "import luigi.cmdline; luigi.cmdline.luigid()"]
-    server = subprocess.Popen([*command, "--port", str(port), "--address", "127.0.0.1",
-                               "--state-path", str(tmp_path / "luigid-state"),
-                               "--logdir", str(tmp_path / "luigid-logs")],
-                              env={**os.environ, "LUIGI_CONFIG_PATH": str(config)}, cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task_list?data={{}}", timeout=1).read()
-            break
-        except OSError:
-            assert server.poll() is None, "luigid exited"
-            assert time.monotonic() < deadline, "luigid did not start"
-            time.sleep(0.1)
-    yield port
-    server.terminate()
-    server.wait(timeout=10)
+    """luigid on a free 127.0.0.1 port with its state in tmp_path: its port; stopped afterwards."""
+    with servers.luigid(tmp_path) as (port, _):
+        yield port
 
 
 def run_workers(tmp_path, port, *task_args, n=3, entry=("-m", "pipeline.retcodes")):
