@@ -484,7 +484,7 @@ def _spare_checkpoints(tree, run):
                 if name.endswith(".json") and CHECKPOINT.match(name.rsplit("/", 1)[-1][:-len(".json")] + ".h5")}
     items = []
     for name in sorted(present - {last}):
-        names = [n for n in (f"{run}/checkpoints/{name}", f"{run}/lineage/checkpoints/{name[:-3]}.json")
+        names = [n for n in (f"{run}/checkpoints/{name}", lineage.checkpoint_record(f"{run}/lineage", name))
                  if n in tree.files]
         why = "recorded by lineage/TrainNetwork.json, which is rewritten without it" if name in recorded else \
             "not recorded by lineage/TrainNetwork.json"

@@ -185,11 +185,6 @@ def basename(location):
     return str(location).rstrip("/").rsplit("/", 1)[-1]
 
 
-def key_of(location):
-    """The key of a bucket location below its bucket ("" for the bucket itself)."""
-    return _split(location)[1]
-
-
 def _split(location):
     """s3://bucket/key -> (bucket, key); the key may be empty."""
     bucket, _, key = str(location)[len("s3://"):].partition("/")

@@ -473,7 +473,7 @@ class TrainNetwork(RunTask):
                 + temporaries_of(self.run_dir / "best.h5"))
 
     def checkpoint_record(self, path):
-        return storage.join(storage.parent(self.record_location()), "checkpoints", path.stem + ".json")
+        return lineage.checkpoint_record(storage.parent(self.record_location()), path.name)
 
     def trusted(self, path):
         """None when the checkpoint at path matches the record written when it was saved (and is
